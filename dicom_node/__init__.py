@@ -1,0 +1,1 @@
+"""The DICOM node: a C-STORE / C-ECHO SCP that stores radiographs durably and queues them."""

@@ -1,0 +1,68 @@
+"""pynetdicom event handlers: association admission, C-ECHO and C-STORE.
+
+Handlers adapt only: the work is in :mod:`dicom_node.ingest`. Dependencies come in as the third
+element of the handler binding, so there are no globals.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pynetdicom import events
+
+from dicom_node.admission import Admission
+from dicom_node.ingest import Ingestor
+from dicom_node.status import StoreStatus
+
+LOGGER = logging.getLogger(__name__)
+
+
+def handle_requested(event: events.Event, admission: Admission) -> None:
+    """EVT_REQUESTED: reject calling AEs that are not allowed (PS3.8 §7.1.1.9 diagnostic 3)."""
+    calling = event.assoc.requestor.primitive.calling_ae_title
+    refusal = admission.refusal(calling)
+    if refusal is not None:
+        LOGGER.warning("association from %s refused: %s", event.assoc.requestor.address, refusal)
+        event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+        _let_reject_reach_peer(event)
+
+
+def _let_reject_reach_peer(event: events.Event, timeout_s: float = 1.0) -> None:
+    # pynetdicom closes the socket as soon as this handler returns; give the DUL thread time to
+    # write the A-ASSOCIATE-RJ first, as pynetdicom's own tests do.
+    deadline = time.monotonic() + timeout_s
+    while not event.assoc.dul.to_provider_queue.empty() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+
+
+def handle_echo(event: events.Event) -> int:
+    """EVT_C_ECHO: always Success (0x0000)."""
+    LOGGER.debug("C-ECHO from %s", event.assoc.requestor.ae_title)
+    return int(StoreStatus.SUCCESS)
+
+
+def handle_store(event: events.Event, ingestor: Ingestor) -> int:
+    """EVT_C_STORE: store durably, record, queue.
+
+    Returns one of :class:`~dicom_node.status.StoreStatus`: SUCCESS, OUT_OF_RESOURCES,
+    OUT_OF_RESOURCES_DISK_FULL, OUT_OF_RESOURCES_DATABASE, DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    CANNOT_UNDERSTAND, CANNOT_UNDERSTAND_INVALID_UID, CANNOT_UNDERSTAND_NO_PIXEL_DATA or
+    CANNOT_UNDERSTAND_UID_MISMATCH.
+    """
+    request = event.request
+    return int(
+        ingestor.ingest(
+            received=event.dataset_path,
+            calling_ae=event.assoc.requestor.ae_title,
+            sop_class_uid=str(request.AffectedSOPClassUID),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID),
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+        )
+    )
+
+
+def handle_released(event: events.Event) -> None:
+    """EVT_RELEASED / EVT_ABORTED: log the end of an association."""
+    LOGGER.info("association with %s ended (%s)", event.assoc.requestor.ae_title, event.event.name)

@@ -1,0 +1,96 @@
+"""Node settings, read from ``TRIAGE_*`` environment variables (CLI flags override)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cxr_triage.envconfig import (
+    default_var_dir,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_opt_path,
+    env_path,
+    env_str,
+)
+from db.settings import DbSettings
+from worker.broker import BrokerSettings
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS for the listener: certificate and key; a CA makes client certificates mandatory."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Everything ``cxr-triage node`` needs. See the README's configuration table."""
+
+    ae_title: str = "CXR_TRIAGE"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    storage_dir: Path = Path("var/storage")
+    allowed_aets: tuple[str, ...] = ()
+    allow_any_aet: bool = False
+    accept_secondary_capture: bool = False
+    strict_uids: bool = False
+    max_associations: int = 25
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 60.0
+    network_timeout_s: float = 60.0
+    max_pdu: int = 262144
+    min_free_bytes: int = 256 * 1024 * 1024
+    filter_file: Path | None = None
+    sweep_interval_s: float = 30.0
+    sweep_after_s: float = 60.0
+    tls: TlsSettings = TlsSettings()
+    db: DbSettings = dataclasses.field(default_factory=lambda: DbSettings(url="sqlite://"))
+    broker: BrokerSettings = dataclasses.field(default_factory=BrokerSettings)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> NodeSettings:
+        var = default_var_dir()
+        return cls(
+            ae_title=env_str(env, "AE_TITLE", "CXR_TRIAGE"),
+            host=env_str(env, "HOST", "127.0.0.1"),
+            port=env_int(env, "PORT", 11112),
+            storage_dir=env_path(env, "STORAGE_DIR", var / "storage"),
+            allowed_aets=env_list(env, "ALLOWED_AETS", ()),
+            allow_any_aet=env_bool(env, "ALLOW_ANY_AET", False),
+            accept_secondary_capture=env_bool(env, "ACCEPT_SECONDARY_CAPTURE", False),
+            strict_uids=env_bool(env, "STRICT_UIDS", False),
+            max_associations=env_int(env, "MAX_ASSOCIATIONS", 25),
+            acse_timeout_s=env_float(env, "ACSE_TIMEOUT_S", 30.0),
+            dimse_timeout_s=env_float(env, "DIMSE_TIMEOUT_S", 60.0),
+            network_timeout_s=env_float(env, "NETWORK_TIMEOUT_S", 60.0),
+            max_pdu=env_int(env, "MAX_PDU", 262144),
+            min_free_bytes=env_int(env, "MIN_FREE_BYTES", 256 * 1024 * 1024),
+            filter_file=env_opt_path(env, "FILTER_FILE"),
+            sweep_interval_s=env_float(env, "SWEEP_INTERVAL_S", 30.0),
+            sweep_after_s=env_float(env, "SWEEP_AFTER_S", 60.0),
+            tls=TlsSettings(
+                cert=env_opt_path(env, "TLS_CERT"),
+                key=env_opt_path(env, "TLS_KEY"),
+                ca=env_opt_path(env, "TLS_CA"),
+            ),
+            db=DbSettings.from_env(env),
+            broker=BrokerSettings.from_env(env),
+        )
+
+    def with_overrides(self, **overrides: Any) -> NodeSettings:
+        """A copy with the given fields replaced; ``None`` values are ignored (flag not given)."""
+        given = {name: value for name, value in overrides.items() if value is not None}
+        return dataclasses.replace(self, **given)

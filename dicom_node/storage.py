@@ -1,0 +1,145 @@
+"""Durable storage of received instances: fsync the file, rename it into place, fsync the directory.
+
+Layout: ``<storage>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>-<sha256[:12]>.dcm``. The hash suffix
+means a resend with different content never overwrites a file that was already acknowledged.
+Incoming data lands in ``<storage>/.incoming`` (same file system, so the move is a rename).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicom_node.uids import require_uid
+
+LOGGER = logging.getLogger(__name__)
+INCOMING_DIR_NAME = ".incoming"
+_CHUNK = 1 << 20
+
+
+class DiskFullError(OSError):
+    """Free space is below the configured minimum, or the file system said ENOSPC."""
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_space_error(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file that is durable at ``path``; ``existed`` if identical bytes were already there."""
+
+    path: Path
+    size_bytes: int
+    sha256: str
+    existed: bool
+
+
+class InstanceStore:
+    """The storage tree. Safe to use from many association threads."""
+
+    def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
+        self.root = root
+        self.incoming = root / INCOMING_DIR_NAME
+        self.min_free_bytes = min_free_bytes
+
+    def prepare(self) -> None:
+        """Create the tree and drop leftovers of an earlier crash (never acknowledged)."""
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        for leftover in self.incoming.iterdir():
+            LOGGER.info("removing unacknowledged partial file %s", leftover.name)
+            leftover.unlink(missing_ok=True)
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def check_space(self, needed: int = 0) -> None:
+        """Raise :class:`DiskFullError` when storing ``needed`` more bytes would cross the floor."""
+        free = self.free_bytes()
+        if free - needed < self.min_free_bytes:
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"storage has {free} bytes free, below the minimum of {self.min_free_bytes} "
+                f"(TRIAGE_MIN_FREE_BYTES) after {needed} more",
+            )
+
+    def final_path(self, study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> Path:
+        """Where an instance lives; every UID is validated before it touches the path."""
+        study = require_uid(study_uid, "StudyInstanceUID")
+        series = require_uid(series_uid, "SeriesInstanceUID")
+        sop = require_uid(sop_uid, "SOPInstanceUID")
+        return self.root / study / series / f"{sop}-{sha256[:12]}.dcm"
+
+    def _make_dirs(self, directory: Path) -> None:
+        """Create ``directory`` and fsync each parent whose entries changed."""
+        missing: list[Path] = []
+        current = directory
+        while not current.exists():
+            missing.append(current)
+            current = current.parent
+        for path in reversed(missing):
+            path.mkdir(exist_ok=True)
+            _fsync_path(path.parent, directory=True)
+
+    def commit(self, source: Path, final: Path, sha256: str) -> StoredFile:
+        """Make ``source`` durable at ``final`` (rename when possible, else copy).
+
+        Raises :class:`DiskFullError` on ENOSPC/EDQUOT, ``OSError`` otherwise; nothing partial is
+        left at ``final`` either way.
+        """
+        size = source.stat().st_size
+        existed = final.exists()
+        try:
+            self._make_dirs(final.parent)
+            _fsync_path(source)
+            try:
+                os.replace(source, final)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                self._copy_into_place(source, final)
+            _fsync_path(final.parent, directory=True)
+        except OSError as exc:
+            if _is_space_error(exc):
+                raise DiskFullError(exc.errno, f"storage is full: {exc.strerror}") from exc
+            raise
+        return StoredFile(path=final, size_bytes=size, sha256=sha256, existed=existed)
+
+    def _copy_into_place(self, source: Path, final: Path) -> None:
+        partial = self.incoming / (final.name + ".copy")
+        try:
+            with source.open("rb") as src, partial.open("wb") as dst:
+                shutil.copyfileobj(src, dst, _CHUNK)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.replace(partial, final)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def discard(self, stored: StoredFile) -> None:
+        """Undo :meth:`commit` when the database could not record the instance."""
+        if not stored.existed:
+            stored.path.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Celery workers that score received radiographs and deliver the SR to PACS."""

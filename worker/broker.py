@@ -1,0 +1,93 @@
+"""Broker settings and the Celery app factory (no configuration is read at import time).
+
+The default broker is kombu's filesystem transport under ``./var/broker`` so a single machine needs
+no server; ``TRIAGE_BROKER_URL=redis://...`` selects Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from cxr_triage.envconfig import default_var_dir, env_float, env_str
+from worker.names import QUEUE_DELIVER, QUEUE_SCORE, TASK_SCORE_INSTANCE
+
+FILESYSTEM_URL = "filesystem://"
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Where tasks are queued.
+
+    Attributes
+    ----------
+    url : ``TRIAGE_BROKER_URL``; ``filesystem://`` (default) or ``redis://host:port/db``.
+    filesystem_dir : folder of the filesystem transport (``TRIAGE_BROKER_DIR``).
+    visibility_timeout_s : Redis redelivers an unacknowledged task after this long.
+    connect_timeout_s : how long a publish waits for the broker before giving up.
+    """
+
+    url: str = FILESYSTEM_URL
+    filesystem_dir: Path = Path("var/broker")
+    visibility_timeout_s: float = 3600.0
+    connect_timeout_s: float = 3.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> BrokerSettings:
+        return cls(
+            url=env_str(env, "BROKER_URL", FILESYSTEM_URL),
+            filesystem_dir=Path(env_str(env, "BROKER_DIR", str(default_var_dir() / "broker"))),
+            visibility_timeout_s=env_float(env, "BROKER_VISIBILITY_TIMEOUT_S", 3600.0),
+            connect_timeout_s=env_float(env, "BROKER_CONNECT_TIMEOUT_S", 3.0),
+        )
+
+    @property
+    def is_filesystem(self) -> bool:
+        return self.url.startswith("filesystem:")
+
+
+def _transport_options(settings: BrokerSettings) -> dict[str, Any]:
+    if settings.is_filesystem:
+        folder = settings.filesystem_dir / "queue"
+        folder.mkdir(parents=True, exist_ok=True)
+        (settings.filesystem_dir / "processed").mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder),
+            "data_folder_out": str(folder),
+            "processed_folder": str(settings.filesystem_dir / "processed"),
+            "store_processed": False,
+        }
+    return {
+        "visibility_timeout": settings.visibility_timeout_s,
+        "socket_connect_timeout": settings.connect_timeout_s,
+        "socket_timeout": max(settings.connect_timeout_s, 5.0),
+    }
+
+
+def make_celery(settings: BrokerSettings, name: str = "cxr_triage") -> Celery:
+    """Build the Celery app: JSON only, late acks, prefetch 1, no result backend."""
+    app = Celery(name, broker=settings.url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=QUEUE_SCORE,
+        task_queues=(Queue(QUEUE_SCORE), Queue(QUEUE_DELIVER)),
+        task_routes={TASK_SCORE_INSTANCE: {"queue": QUEUE_SCORE}},
+        broker_transport_options=_transport_options(settings),
+        broker_connection_timeout=settings.connect_timeout_s,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+    )
+    return app
