@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pydicom.uid import (
+    JPEG2000,
     ComputedRadiographyImageStorage,
     DeflatedExplicitVRLittleEndian,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -18,7 +18,6 @@ from pydicom.uid import (
     JPEGLSLossless,
     JPEGLSNearLossless,
     SecondaryCaptureImageStorage,
-
 )
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification

@@ -14,9 +14,10 @@ import threading
 from collections.abc import Callable
 
 from celery import Celery
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import utcnow
+from db.models import Instance, InstanceStatus, utcnow
 from db.repository import mark_enqueued, stale_received
 from worker.names import QUEUE_SCORE, TASK_SCORE_INSTANCE
 
@@ -52,6 +53,8 @@ class Enqueuer:
         self._sweep_interval_s = sweep_interval_s
         self._sweep_after_s = sweep_after_s
         self._pending: queue.Queue[int] = queue.Queue()
+        self._pending_ids: set[int] = set()
+        self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -68,11 +71,17 @@ class Enqueuer:
             thread.join(timeout)
 
     def submit(self, instance_id: int) -> None:
-        """Queue an id for publishing; never blocks the caller."""
+        """Queue an id for publishing (once, however often submitted); never blocks."""
+        with self._lock:
+            if instance_id in self._pending_ids:
+                return
+            self._pending_ids.add(instance_id)
         self._pending.put(instance_id)
 
     def publish_now(self, instance_id: int) -> bool:
         """Publish one id and mark it queued; ``False`` (row left ``received``) on failure."""
+        if not self._still_received(instance_id):
+            return True  # another node, or an earlier attempt, already published it
         try:
             self._publish(instance_id)
         except Exception as exc:  # any broker failure: the sweeper will try again
@@ -88,8 +97,18 @@ class Enqueuer:
             LOGGER.warning("instance %d: published but not marked queued (%s)", instance_id, exc)
         return True
 
+    def _still_received(self, instance_id: int) -> bool:
+        try:
+            with self._sessions() as session:
+                status = session.scalar(select(Instance.status).where(Instance.id == instance_id))
+        except Exception as exc:
+            LOGGER.warning("instance %d: database unavailable, publishing anyway (%s)",
+                           instance_id, type(exc).__name__)
+            return True
+        return status == InstanceStatus.RECEIVED.value
+
     def sweep(self, after_s: float | None = None) -> int:
-        """Publish every row left ``received`` for longer than ``after_s`` (default setting)."""
+        """Queue every row left ``received`` for longer than ``after_s`` (default setting)."""
         age = self._sweep_after_s if after_s is None else after_s
         cutoff = utcnow() - dt.timedelta(seconds=age)
         try:
@@ -98,20 +117,19 @@ class Enqueuer:
         except Exception as exc:
             LOGGER.warning("sweeper: database unavailable (%s)", exc)
             return 0
-        published = 0
         for instance_id in ids:
-            if not self.publish_now(instance_id):
-                break  # broker still down: try the rest next sweep
-            published += 1
+            self.submit(instance_id)
         if ids:
-            LOGGER.info("sweeper: re-enqueued %d of %d stale instances", published, len(ids))
-        return published
+            LOGGER.info("sweeper: %d instances left received, queued for publishing", len(ids))
+        return len(ids)
 
     def _publish_loop(self) -> None:
         while True:
             instance_id = self._pending.get()
             if instance_id == _STOP:
                 return
+            with self._lock:
+                self._pending_ids.discard(instance_id)
             self.publish_now(instance_id)
 
     def _sweep_loop(self) -> None:

@@ -22,7 +22,7 @@ PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
-class RejectedInstance(NodeError):
+class RejectedInstanceError(NodeError):
     """An instance the node refuses, with the C-STORE status to answer."""
 
     def __init__(self, status: StoreStatus, reason: str) -> None:
@@ -79,15 +79,15 @@ def read_header(path: Path) -> Dataset:
             dataset = dcmread(path, defer_size=4096)
             dataset.get("Modality")  # force conversion of one element: catches garbage early
         except Exception as exc:  # pydicom raises many types for malformed input
-            raise RejectedInstance(
+            raise RejectedInstanceError(
                 StoreStatus.CANNOT_UNDERSTAND,
                 f"dataset can't be parsed: {type(exc).__name__}: {exc}",
             ) from exc
     fatal = [m for m in problems if any(marker in m for marker in _ParseProblems.FATAL)]
     if fatal:
-        raise RejectedInstance(StoreStatus.CANNOT_UNDERSTAND, f"dataset is truncated: {fatal[0]}")
+        raise RejectedInstanceError(StoreStatus.CANNOT_UNDERSTAND, f"dataset is truncated: {fatal[0]}")
     if len(dataset) == 0:
-        raise RejectedInstance(StoreStatus.CANNOT_UNDERSTAND, "dataset has no decodable elements")
+        raise RejectedInstanceError(StoreStatus.CANNOT_UNDERSTAND, "dataset has no decodable elements")
     return dataset
 
 
@@ -102,24 +102,24 @@ def _text(dataset: Dataset, keyword: str, limit: int) -> str | None:
 def _check_pixels(dataset: Dataset, file_size: int) -> None:
     keyword = next((k for k in PIXEL_KEYWORDS if k in dataset), None)
     if keyword is None:
-        raise RejectedInstance(StoreStatus.CANNOT_UNDERSTAND_NO_PIXEL_DATA, "no Pixel Data")
+        raise RejectedInstanceError(StoreStatus.CANNOT_UNDERSTAND_NO_PIXEL_DATA, "no Pixel Data")
     if "Rows" not in dataset or "Columns" not in dataset:
-        raise RejectedInstance(StoreStatus.CANNOT_UNDERSTAND_NO_PIXEL_DATA, "no Rows/Columns")
+        raise RejectedInstanceError(StoreStatus.CANNOT_UNDERSTAND_NO_PIXEL_DATA, "no Rows/Columns")
     raw = dataset.get_item(keyword, keep_deferred=True)
     if isinstance(raw, RawDataElement) and raw.length != UNDEFINED_LENGTH:
         if raw.value_tell + raw.length > file_size:
-            raise RejectedInstance(
+            raise RejectedInstanceError(
                 StoreStatus.CANNOT_UNDERSTAND_NO_PIXEL_DATA, "Pixel Data is truncated"
             )
         if raw.length == 0:
-            raise RejectedInstance(StoreStatus.CANNOT_UNDERSTAND_NO_PIXEL_DATA, "Pixel Data empty")
+            raise RejectedInstanceError(StoreStatus.CANNOT_UNDERSTAND_NO_PIXEL_DATA, "Pixel Data empty")
 
 
 def _uid(dataset: Dataset, keyword: str, strict: bool) -> str:
     try:
         return require_uid(dataset.get(keyword), keyword, strict=strict)
     except InvalidUIDError as exc:
-        raise RejectedInstance(StoreStatus.CANNOT_UNDERSTAND_INVALID_UID, str(exc)) from exc
+        raise RejectedInstanceError(StoreStatus.CANNOT_UNDERSTAND_INVALID_UID, str(exc)) from exc
 
 
 def check_header(
@@ -134,12 +134,12 @@ def check_header(
     sop_class = _uid(dataset, "SOPClassUID", strict_uids)
     sop_instance = _uid(dataset, "SOPInstanceUID", strict_uids)
     if sop_class != requested_class:
-        raise RejectedInstance(
+        raise RejectedInstanceError(
             StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
             f"dataset SOP Class {sop_class} differs from the request's {requested_class}",
         )
     if sop_instance != requested_instance:
-        raise RejectedInstance(
+        raise RejectedInstanceError(
             StoreStatus.CANNOT_UNDERSTAND_UID_MISMATCH,
             "dataset SOP Instance UID differs from the request's",
         )

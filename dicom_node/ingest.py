@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.models import InstanceStatus
 from db.repository import NewInstance, RecordOutcome, RecordResult, record_instance
 from dicom_node.filters import TriageRules
-from dicom_node.header import Header, RejectedInstance, check_header, read_header
+from dicom_node.header import Header, RejectedInstanceError, check_header, read_header
 from dicom_node.status import StoreStatus
 from dicom_node.storage import DiskFullError, InstanceStore, StoredFile, sha256_of
 
@@ -51,7 +51,7 @@ class Ingestor:
         """Store one instance; see :func:`dicom_node.handlers.handle_store` for statuses."""
         try:
             header, stored = self._make_durable(received, sop_class_uid, sop_instance_uid)
-        except RejectedInstance as exc:
+        except RejectedInstanceError as exc:
             LOGGER.warning("C-STORE from %s refused (0x%04X %s): %s",
                            calling_ae, exc.status, exc.status.name, exc)
             return exc.status

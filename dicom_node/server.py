@@ -16,8 +16,8 @@ from db.migrate import upgrade
 from db.session import make_engine, make_session_factory
 from dicom_node.admission import Admission
 from dicom_node.ae import build_ae
-from dicom_node.errors import NodeError
 from dicom_node.enqueue import Enqueuer, Publisher, celery_publisher
+from dicom_node.errors import NodeError
 from dicom_node.filters import TriageRules
 from dicom_node.handlers import (
     handle_echo,

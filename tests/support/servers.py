@@ -92,6 +92,8 @@ class TcpProxy:
     def stop(self) -> None:
         """Close the listener and cut every forwarded connection."""
         if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
             self._listener.close()
             self._listener = None
         with self._lock:

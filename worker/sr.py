@@ -1,0 +1,499 @@
+"""The COVID-19 triage result as a DICOM Comprehensive 3D SR (TID 1500, IHE AIR style).
+
+The report is built with highdicom templates only, never hand-assembled content
+items: a Measurement Report (PS3.16 TID 1500) with one Measurement and
+Qualitative Evaluation Group (TID 1501) holding the finding, the triage
+priority, the mean probability and its spread across folds, and the algorithm
+(TID 4019). Patient and study modules are copied from the scored images, the
+model is described in the Contributing Equipment Sequence (PS3.3 C.12.1) and
+an earlier report is referenced in the Predecessor Documents Sequence
+(PS3.3 C.17.2). docs/sr.md describes the content tree and the codes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import math
+import os
+import uuid
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import highdicom as hd
+from highdicom.sr import (
+    AlgorithmIdentification,
+    CodedConcept,
+    Comprehensive3DSR,
+    DeviceObserverIdentifyingAttributes,
+    Measurement,
+    MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
+    ObservationContext,
+    ObserverContext,
+    QualitativeEvaluation,
+    SourceImageForMeasurementGroup,
+    TrackingIdentifier,
+)
+from pydicom import config, dcmread
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.filewriter import dcmwrite
+from pydicom.multival import MultiValue
+from pydicom.sr.codedict import codes
+from pydicom.uid import UID, Comprehensive3DSRStorage, generate_uid
+from pydicom.valuerep import validate_value
+
+from cxr_triage.errors import TriageError
+from worker import sr_codes
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SERIES_NUMBER = 9901
+NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
+_DEVICE_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cxr-triage:device")
+# Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1)
+# that highdicom reads from the first evidence item; absent ones are written empty.
+_TYPE2_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+# VRs whose values are checked; UIDs and binary values are kept as they are.
+_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UT"}
+)
+
+
+class SRError(TriageError):
+    """The triage SR could not be built or written."""
+
+
+class Decision(StrEnum):
+    """The study-level triage decision."""
+
+    SUSPECTED = "suspected"
+    NOT_SUSPECTED = "not_suspected"
+    INDETERMINATE = "indeterminate"
+
+
+class Priority(StrEnum):
+    """Reading priority derived from the decision."""
+
+    HIGH = "HIGH"
+    ROUTINE = "ROUTINE"
+
+
+_DECISION_CODES = {
+    Decision.SUSPECTED: sr_codes.SUSPECTED,
+    Decision.NOT_SUSPECTED: sr_codes.NOT_SUSPECTED,
+    Decision.INDETERMINATE: sr_codes.INDETERMINATE,
+}
+_PRIORITY_CODES = {
+    Priority.HIGH: sr_codes.HIGH_PRIORITY,
+    Priority.ROUTINE: sr_codes.ROUTINE_PRIORITY,
+}
+
+
+def _check_probability(name: str, value: float) -> None:
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise SRError(f"{name} must be a probability in [0, 1], got {value!r}")
+
+
+@dataclass(frozen=True)
+class StudyFinding:
+    """What the ensemble concluded for one study.
+
+    Parameters
+    ----------
+    decision
+        Suspected, not suspected or indeterminate (a ``Decision`` or its value).
+    probability_mean, probability_std
+        Mean COVID-19 probability over the folds and its standard deviation.
+    scored_sop_instance_uids
+        SOP Instance UIDs of the images that were scored.
+    fold_probabilities
+        Optional per-fold probabilities, in fold order.
+    """
+
+    decision: Decision
+    probability_mean: float
+    probability_std: float
+    scored_sop_instance_uids: tuple[str, ...]
+    fold_probabilities: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "decision", Decision(self.decision))
+        except ValueError:
+            allowed = ", ".join(d.value for d in Decision)
+            raise SRError(f"unknown decision {self.decision!r}; use one of {allowed}") from None
+        _check_probability("probability_mean", self.probability_mean)
+        _check_probability("probability_std", self.probability_std)
+        for fold_p in self.fold_probabilities:
+            _check_probability("fold probability", fold_p)
+        if not self.scored_sop_instance_uids:
+            raise SRError("a finding needs at least one scored SOP Instance UID")
+
+    @property
+    def priority(self) -> Priority:
+        """HIGH for a suspected study, ROUTINE otherwise."""
+        return Priority.HIGH if self.decision is Decision.SUSPECTED else Priority.ROUTINE
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """The ensemble that produced the finding.
+
+    ``device_uid`` is derived from ``ensemble_hash``, so it changes whenever the
+    model is retrained (PS3.5 B.2, a UUID-derived UID under ``2.25``).
+    """
+
+    algorithm_name: str
+    version: str
+    ensemble_hash: str
+    not_for_clinical_use: bool = False
+
+    def __post_init__(self) -> None:
+        for field_name in ("algorithm_name", "version"):  # LO values (PS3.5 6.2)
+            value = getattr(self, field_name)
+            if not value or len(value) > 64 or "\\" in value:
+                raise SRError(f"ModelIdentity.{field_name} must be 1-64 characters without '\\'")
+        if not self.ensemble_hash:
+            raise SRError("ModelIdentity.ensemble_hash must not be empty")
+
+    @property
+    def device_uid(self) -> str:
+        """Deterministic Device UID for this algorithm and ensemble."""
+        key = f"{self.algorithm_name}/{self.ensemble_hash}"
+        return f"2.25.{uuid.uuid5(_DEVICE_UID_NAMESPACE, key).int}"
+
+
+@dataclass(frozen=True)
+class PredecessorRef:
+    """An earlier triage SR that this one supersedes (PS3.3 C.17.2.1)."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str = Comprehensive3DSRStorage
+
+    def as_dataset(self) -> Dataset:
+        """The minimal dataset highdicom reads a previous version from."""
+        ds = Dataset()
+        ds.StudyInstanceUID = self.study_instance_uid
+        ds.SeriesInstanceUID = self.series_instance_uid
+        ds.SOPInstanceUID = self.sop_instance_uid
+        ds.SOPClassUID = self.sop_class_uid
+        return ds
+
+
+def _is_valid(element: DataElement) -> bool:
+    """Whether a value satisfies its VR (PS3.5 6.2)."""
+    values = element.value if isinstance(element.value, MultiValue) else [element.value]
+    try:
+        for value in values:
+            validate_value(element.VR, None if value is None else str(value), config.RAISE)
+    except ValueError:
+        return False
+    return True
+
+
+def _evidence_header(source: Dataset) -> Dataset:
+    """Copy a source header for use as evidence, without pixel data.
+
+    Type 2 patient/study attributes that are absent are added empty, and values
+    that violate their VR (for example a hash as Patient's Birth Date) are
+    written empty: highdicom rejects them and they would make the SR invalid.
+    UIDs and Patient ID are always kept as they are.
+    """
+    header = Dataset()
+    blanked = []
+    for element in source:
+        if element.tag.group >= 0x7FE0:
+            continue
+        if element.VR not in _TEXT_VRS or element.keyword == "PatientID" or _is_valid(element):
+            header.add(element)
+        else:
+            blanked.append(element.keyword or str(element.tag))
+            header.add(DataElement(element.tag, element.VR, None))
+    if blanked:
+        logger.warning(
+            "source %s: values violating their VR are written empty: %s",
+            source.get("SOPInstanceUID", "?"),
+            ", ".join(blanked),
+        )
+    for keyword in _TYPE2_PATIENT_STUDY:
+        if keyword not in header:
+            setattr(header, keyword, None)
+    return header
+
+
+def _library_header(header: Dataset) -> Dataset:
+    """The header for the image library (TID 1601).
+
+    highdicom adds the projection radiography descriptors (TID 1603) for CR/DX
+    images and needs Patient Orientation and Imager Pixel Spacing for them; many
+    real radiographs leave these empty. Rather than invent values, such images
+    get the general descriptors (TID 1602) only.
+    """
+    orientation = header.get("PatientOrientation") or []
+    spacing = header.get("ImagerPixelSpacing") or []
+    if len(orientation) == 2 and len(spacing) == 2:
+        return header
+    library_header = Dataset()
+    library_header.update(header)
+    library_header.Modality = ""
+    return library_header
+
+
+def _select_scored(sources: Sequence[Dataset], finding: StudyFinding) -> list[Dataset]:
+    """The source headers that were scored, in the finding's order."""
+    if not sources:
+        raise SRError("no source images given; the SR needs the scored study's images")
+    study_uids = {str(ds.StudyInstanceUID) for ds in sources}
+    if len(study_uids) != 1:
+        raise SRError(f"source images span {len(study_uids)} studies; build one SR per study")
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    missing = [uid for uid in finding.scored_sop_instance_uids if uid not in by_uid]
+    if missing:
+        raise SRError(f"scored SOP Instance UIDs not among the sources: {', '.join(missing)}")
+    for uid in finding.scored_sop_instance_uids:
+        if "Rows" not in by_uid[uid] or "Columns" not in by_uid[uid]:
+            raise SRError(f"source {uid} has no Rows/Columns; pass its full header")
+    return [_evidence_header(by_uid[uid]) for uid in finding.scored_sop_instance_uids]
+
+
+def _measurements(finding: StudyFinding, model: ModelIdentity) -> list[Measurement]:
+    """Mean and standard deviation over folds, then one value per fold (TID 300)."""
+
+    def probability(
+        value: float,
+        derivation: CodedConcept | None = None,
+        algorithm: AlgorithmIdentification | None = None,
+    ) -> Measurement:
+        return Measurement(
+            sr_codes.PROBABILITY,
+            value,
+            sr_codes.UNITLESS,
+            derivation=derivation,
+            algorithm_id=algorithm,
+        )
+
+    items = [
+        probability(finding.probability_mean, sr_codes.MEAN),
+        probability(finding.probability_std, sr_codes.STANDARD_DEVIATION),
+    ]
+    for fold, fold_p in enumerate(finding.fold_probabilities):
+        items.append(probability(fold_p, algorithm=_algorithm_id(model, (f"fold {fold}",))))
+    return items
+
+
+def _algorithm_id(model: ModelIdentity, extra: Iterable[str] = ()) -> AlgorithmIdentification:
+    """TID 4019 Algorithm Identification for the ensemble."""
+    parameters = [f"ensemble {model.ensemble_hash}", *extra]
+    if model.not_for_clinical_use:
+        parameters.append(NOT_FOR_CLINICAL_USE)
+    return AlgorithmIdentification(
+        name=model.algorithm_name,
+        version=model.version,
+        parameters=parameters,
+        family=codes.DCM.ArtificialIntelligence,
+    )
+
+
+def _measurement_group(
+    finding: StudyFinding, model: ModelIdentity, scored: Sequence[Dataset]
+) -> MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group: finding, priority, probabilities and the scored images."""
+    label = "COVID-19 triage" + (f" ({NOT_FOR_CLINICAL_USE})" if model.not_for_clinical_use else "")
+    return MeasurementsAndQualitativeEvaluations(
+        # The same UID for every version of a study's report tracks the finding across them.
+        tracking_identifier=TrackingIdentifier(
+            uid=generate_uid(entropy_srcs=["covid19-triage", scored[0].StudyInstanceUID]),
+            identifier=label,
+        ),
+        finding_type=sr_codes.COVID19,
+        algorithm_id=_algorithm_id(model),
+        qualitative_evaluations=[
+            QualitativeEvaluation(sr_codes.COVID19, _DECISION_CODES[finding.decision]),
+            QualitativeEvaluation(sr_codes.PRIORITY, _PRIORITY_CODES[finding.priority]),
+        ],
+        measurements=_measurements(finding, model),
+        source_images=[SourceImageForMeasurementGroup.from_source_image(ds) for ds in scored],
+    )
+
+
+def _observation_context(model: ModelIdentity, manufacturer: str) -> ObservationContext:
+    """TID 1002 with a device observer (TID 1004) identified by the Device UID."""
+    device = DeviceObserverIdentifyingAttributes(
+        uid=model.device_uid,
+        name=model.algorithm_name,
+        manufacturer_name=manufacturer,
+        model_name=model.algorithm_name,
+    )
+    return ObservationContext(
+        observer_device_context=ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=device,
+        )
+    )
+
+
+def _contributing_equipment(model: ModelIdentity, manufacturer: str) -> hd.ContributingEquipment:
+    """The model as Processing Equipment (DCM 109102), PS3.3 C.12.1.1.5."""
+    description = "AI triage of chest radiographs for COVID-19"
+    if model.not_for_clinical_use:
+        description += f"; {NOT_FOR_CLINICAL_USE}"
+    equipment = hd.ContributingEquipment(
+        manufacturer=manufacturer,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=model.algorithm_name,
+        software_versions=model.version,
+        contribution_datetime=datetime.datetime.now(datetime.UTC).astimezone(),
+        contribution_description=description,
+    )
+    equipment.DeviceUID = model.device_uid  # Device UID (0018,1002), not a highdicom argument
+    return equipment
+
+
+def series_description(model: ModelIdentity) -> str:
+    """Series Description (LO, at most 64 characters) saying this is unverified AI output."""
+    flag = f" - {NOT_FOR_CLINICAL_USE}" if model.not_for_clinical_use else ""
+    text = f"AI triage COVID-19 ({model.algorithm_name}){flag} - not verified"
+    if len(text) > 64:
+        text = f"AI triage COVID-19{flag} - not verified"
+    return text
+
+
+@contextlib.contextmanager
+def _no_patient_names_in_logs() -> Iterator[None]:
+    """Keep patient names out of logs and warnings while highdicom copies them."""
+    # highdicom.base logs 'value of argument "patient_name" ...' with the name in it.
+    def phi_filter(record: logging.LogRecord) -> bool:
+        return "patient_name" not in str(record.msg)
+
+    hd_logger = logging.getLogger("highdicom.base")
+    hd_logger.addFilter(phi_filter)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"highdicom\.")
+            yield
+    finally:
+        hd_logger.removeFilter(phi_filter)
+
+
+def build_triage_sr(
+    sources: Sequence[Dataset],
+    finding: StudyFinding,
+    model: ModelIdentity,
+    *,
+    manufacturer: str,
+    institution_name: str | None = None,
+    predecessor: PredecessorRef | None = None,
+    series_number: int = DEFAULT_SERIES_NUMBER,
+    instance_number: int = 1,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> Comprehensive3DSR:
+    """Build the triage report for one study (PS3.16 TID 1500; PS3.3 A.35.13).
+
+    Parameters
+    ----------
+    sources
+        Headers of the study's images (``stop_before_pixels`` is enough); the
+        ones named in ``finding.scored_sop_instance_uids`` become the evidence.
+    finding, model
+        The study result and the ensemble that produced it.
+    manufacturer, institution_name
+        General Equipment Module values for the SR and the contributing equipment.
+    predecessor
+        An earlier report this one supersedes (Predecessor Documents Sequence).
+    series_number, instance_number, series_instance_uid, sop_instance_uid
+        Placement of the SR; the UIDs are new ones unless given.
+
+    Returns
+    -------
+    highdicom.sr.Comprehensive3DSR
+        Unverified, complete, preliminary report.
+    """
+    scored = _select_scored(sources, finding)
+    report = MeasurementReport(
+        observation_context=_observation_context(model, manufacturer),
+        procedure_reported=[sr_codes.CHEST_IMAGING, sr_codes.PLAIN_RADIOGRAPHY],
+        imaging_measurements=[_measurement_group(finding, model, scored)],
+        referenced_images=[_library_header(ds) for ds in scored],
+    )
+    try:
+        with _no_patient_names_in_logs():
+            sr = Comprehensive3DSR(
+                evidence=scored,
+                content=report,
+                series_instance_uid=series_instance_uid or generate_uid(),
+                series_number=series_number,
+                sop_instance_uid=sop_instance_uid or generate_uid(),
+                instance_number=instance_number,
+                manufacturer=manufacturer,
+                institution_name=institution_name,
+                is_complete=True,
+                is_final=False,
+                is_verified=False,
+                previous_versions=[predecessor.as_dataset()] if predecessor else None,
+                contributing_equipment=[_contributing_equipment(model, manufacturer)],
+                series_description=series_description(model),
+                manufacturer_model_name=model.algorithm_name,
+                software_versions=model.version,
+            )
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        # The message of exc may quote header values, so it is only chained.
+        raise SRError(
+            f"cannot build the triage SR for study {scored[0].StudyInstanceUID} "
+            f"({type(exc).__name__}); check the source headers"
+        ) from exc
+    logger.info(
+        "study %s: built triage SR %s (decision=%s, series %d)",
+        scored[0].StudyInstanceUID,
+        sr.SOPInstanceUID,
+        finding.decision.value,
+        series_number,
+    )
+    return sr
+
+
+def write_sr(sr: Dataset, path: Path) -> Path:
+    """Write the SR as a Part 10 file atomically, then read it back (PS3.10 7.1).
+
+    The file goes to a temporary name beside ``path``, is fsynced and renamed
+    over ``path``; the directory is fsynced too. Reading back checks that the
+    file parses and holds the same SOP Instance UID.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            dcmwrite(fh, sr, enforce_file_format=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except (OSError, ValueError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise SRError(f"cannot write SR to {path}: {exc}; check the directory and disk") from exc
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    check = dcmread(path)
+    if UID(check.SOPInstanceUID) != UID(sr.SOPInstanceUID) or check.Modality != "SR":
+        raise SRError(f"SR read back from {path} does not match what was written")
+    return path
