@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -67,7 +67,7 @@ class RecordResult:
     previous_file_path: str | None = None
 
 
-def _insert(session: Session, model: type[Any]) -> Insert:
+def _insert(session: Session, model: type[Any]) -> postgresql.Insert | sqlite.Insert:
     """A dialect-specific INSERT that supports ``on_conflict_do_nothing``."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydicom.uid import (
     JPEG2000,
+    UID,
     ComputedRadiographyImageStorage,
     DeflatedExplicitVRLittleEndian,
     DigitalXRayImageStorageForPresentation,
@@ -20,10 +21,10 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 
 from dicom_node.settings import NodeSettings
 
+VERIFICATION = UID("1.2.840.10008.1.1")  # PS3.4 Annex A
 RADIOGRAPH_SOP_CLASSES = (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -53,7 +54,7 @@ def storage_sop_classes(settings: NodeSettings) -> tuple[str, ...]:
 def build_ae(settings: NodeSettings) -> AE:
     """An AE with Verification and the storage contexts; every other SOP class is refused."""
     ae = AE(ae_title=settings.ae_title)
-    ae.add_supported_context(Verification)
+    ae.add_supported_context(VERIFICATION)
     for sop_class in storage_sop_classes(settings):
         ae.add_supported_context(sop_class, list(ACCEPTED_TRANSFER_SYNTAXES))
     ae.require_called_aet = True

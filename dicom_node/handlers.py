@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import cast
 
 from pynetdicom import events
+from pynetdicom.dimse_primitives import C_STORE
 
 from dicom_node.admission import Admission
 from dicom_node.ingest import Ingestor
@@ -20,7 +22,8 @@ LOGGER = logging.getLogger(__name__)
 
 def handle_requested(event: events.Event, admission: Admission) -> None:
     """EVT_REQUESTED: reject calling AEs that are not allowed (PS3.8 §7.1.1.9 diagnostic 3)."""
-    calling = event.assoc.requestor.primitive.calling_ae_title
+    request = event.assoc.requestor.primitive
+    calling = request.calling_ae_title if request is not None else ""
     refusal = admission.refusal(calling)
     if refusal is not None:
         LOGGER.warning("association from %s refused: %s", event.assoc.requestor.address, refusal)
@@ -51,7 +54,7 @@ def handle_store(event: events.Event, ingestor: Ingestor) -> int:
     CANNOT_UNDERSTAND, CANNOT_UNDERSTAND_INVALID_UID, CANNOT_UNDERSTAND_NO_PIXEL_DATA or
     CANNOT_UNDERSTAND_UID_MISMATCH.
     """
-    request = event.request
+    request = cast(C_STORE, event.request)
     return int(
         ingestor.ingest(
             received=event.dataset_path,

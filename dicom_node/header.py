@@ -85,9 +85,13 @@ def read_header(path: Path) -> Dataset:
             ) from exc
     fatal = [m for m in problems if any(marker in m for marker in _ParseProblems.FATAL)]
     if fatal:
-        raise RejectedInstanceError(StoreStatus.CANNOT_UNDERSTAND, f"dataset is truncated: {fatal[0]}")
+        raise RejectedInstanceError(
+            StoreStatus.CANNOT_UNDERSTAND, f"dataset is truncated: {fatal[0]}"
+        )
     if len(dataset) == 0:
-        raise RejectedInstanceError(StoreStatus.CANNOT_UNDERSTAND, "dataset has no decodable elements")
+        raise RejectedInstanceError(
+            StoreStatus.CANNOT_UNDERSTAND, "dataset has no decodable elements"
+        )
     return dataset
 
 
@@ -112,7 +116,9 @@ def _check_pixels(dataset: Dataset, file_size: int) -> None:
                 StoreStatus.CANNOT_UNDERSTAND_NO_PIXEL_DATA, "Pixel Data is truncated"
             )
         if raw.length == 0:
-            raise RejectedInstanceError(StoreStatus.CANNOT_UNDERSTAND_NO_PIXEL_DATA, "Pixel Data empty")
+            raise RejectedInstanceError(
+                StoreStatus.CANNOT_UNDERSTAND_NO_PIXEL_DATA, "Pixel Data is empty"
+            )
 
 
 def _uid(dataset: Dataset, keyword: str, strict: bool) -> str:

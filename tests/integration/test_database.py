@@ -66,7 +66,8 @@ def test_record_is_idempotent_per_sop_instance(db_url: str) -> None:
                                                    file_path="/s/new.dcm"))
     assert first.outcome is RecordOutcome.NEW
     assert again.outcome is RecordOutcome.DUPLICATE and again.instance_id == first.instance_id
-    assert changed.outcome is RecordOutcome.CHANGED and changed.previous_file_path == "/s/1.2.3.4.dcm"
+    assert changed.outcome is RecordOutcome.CHANGED
+    assert changed.previous_file_path == "/s/1.2.3.4.dcm"
     with sessions() as session:
         rows = session.scalars(select(Instance)).all()
         assert len(rows) == 1

@@ -108,7 +108,11 @@ def test_disk_full(tmp_path: Path, small_disk: Path, redis_server: RedisServer) 
         assert StoreStatus.OUT_OF_RESOURCES_DISK_FULL in statuses, run.output[-2000:]
         first_full = statuses.index(StoreStatus.OUT_OF_RESOURCES_DISK_FULL)
         assert set(statuses[first_full:]) == {StoreStatus.OUT_OF_RESOURCES_DISK_FULL}
-        acknowledged = {str(dcmread(p).SOPInstanceUID) for p, s in zip(files, statuses) if s == 0}
+        acknowledged = {
+            str(dcmread(p).SOPInstanceUID)
+            for p, s in zip(files, statuses, strict=True)
+            if s == 0
+        }
         assert set(node.instances()) == acknowledged
         assert list((small_disk / "storage" / ".incoming").iterdir()) == []
         assert "storage full" in node.log() and node.echo()
@@ -135,6 +139,7 @@ def test_sigkill_mid_stream_loses_nothing_acknowledged(tmp_path: Path,
             node.kill()
             sender.wait(timeout=60)
         finally:
+            node.kill()
             with contextlib.suppress(ProcessLookupError):
                 sender.kill()
     output = sender_log.read_text()

@@ -7,9 +7,8 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-
 from io import BytesIO
+from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.filebase import DicomFileLike

@@ -33,7 +33,7 @@ def test_invalid_uids_never_reach_a_path(uid: str) -> None:
 def test_leading_zero_components_accepted_unless_strict() -> None:
     legacy = "999.999.01.23.45.6789"
     assert require_uid(legacy, "SOPInstanceUID") == legacy
-    with pytest.raises(InvalidUIDError, match="PS3.5"):
+    with pytest.raises(InvalidUIDError, match=r"PS3\.5"):
         require_uid(legacy, "SOPInstanceUID", strict=True)
 
 

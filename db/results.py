@@ -1,0 +1,176 @@
+"""Repository of the worker's results: score claims, scores, reports and deliveries.
+
+Like ``db.repository``, these functions never commit; the caller owns the transaction
+(``with sessions.begin() as session:``). Every write is idempotent: unique constraints plus
+``ON CONFLICT DO NOTHING`` make a task delivered twice leave one row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.models import (
+    Instance,
+    InstanceStatus,
+    Score,
+    ScoreClaim,
+    utcnow,
+)
+
+REASON_LENGTH = 255
+ERROR_LENGTH = 1024
+
+
+def dialect_insert(session: Session, model: type[Any]) -> postgresql.Insert | sqlite.Insert:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(model)
+    if dialect == "sqlite":
+        return sqlite.insert(model)
+    raise NotImplementedError(f"unsupported database dialect {dialect!r}: use SQLite or PostgreSQL")
+
+
+# --- Claims -------------------------------------------------------------------------------------
+
+
+def _stamp_claims(session: Session, ids: Sequence[int], token: str, now: dt.datetime) -> None:
+    for instance_id in ids:
+        statement = dialect_insert(session, ScoreClaim).values(
+            instance_id=instance_id, token=token, claimed_at=now)
+        session.execute(statement.on_conflict_do_update(
+            index_elements=["instance_id"], set_={"token": token, "claimed_at": now}))
+
+
+def claim_lead(session: Session, instance_id: int, token: str, lease_cutoff: dt.datetime) -> bool:
+    """Claim the task's own instance; ``False`` when there is nothing for this task to do.
+
+    Claimable: ``received`` or ``queued``; or ``scoring`` under this same task id (a redelivery
+    after the worker died) or under a claim older than ``lease_cutoff``.
+    """
+    now = utcnow()
+    live_other = exists().where(
+        ScoreClaim.instance_id == instance_id,
+        ScoreClaim.token != token,
+        ScoreClaim.claimed_at >= lease_cutoff,
+    )
+    claimed = session.scalars(
+        update(Instance)
+        .where(Instance.id == instance_id)
+        .where(or_(
+            Instance.status.in_([InstanceStatus.RECEIVED.value, InstanceStatus.QUEUED.value]),
+            and_(Instance.status == InstanceStatus.SCORING.value, ~live_other),
+        ))
+        .values(status=InstanceStatus.SCORING.value, updated_at=now)
+        .returning(Instance.id)
+    ).one_or_none()
+    if claimed is None:
+        return False
+    _stamp_claims(session, [instance_id], token, now)
+    return True
+
+
+def claim_more(session: Session, lead_id: int, token: str, limit: int) -> list[int]:
+    """Claim up to ``limit`` more instances to score with the lead: first those this task
+    claimed before it was interrupted, then the oldest ``queued`` ones no one has locked."""
+    if limit <= 0:
+        return []
+    now = utcnow()
+    own = list(session.scalars(
+        select(ScoreClaim.instance_id)
+        .join(Instance, Instance.id == ScoreClaim.instance_id)
+        .where(ScoreClaim.token == token, ScoreClaim.instance_id != lead_id,
+               Instance.status == InstanceStatus.SCORING.value)
+        .limit(limit)
+    ))
+    free = (
+        select(Instance.id)
+        .where(Instance.status == InstanceStatus.QUEUED.value, Instance.id != lead_id)
+        .order_by(Instance.received_at, Instance.id)
+        .limit(limit - len(own))
+        .with_for_update(skip_locked=True)  # PostgreSQL; SQLite serialises writers anyway
+    )
+    fresh = list(session.scalars(
+        update(Instance)
+        .where(Instance.id.in_(free.scalar_subquery()),
+               Instance.status == InstanceStatus.QUEUED.value)
+        .values(status=InstanceStatus.SCORING.value, updated_at=now)
+        .returning(Instance.id)
+    )) if limit > len(own) else []
+    ids = [int(i) for i in own] + [int(i) for i in fresh]
+    _stamp_claims(session, ids, token, now)
+    return ids
+
+
+@dataclass(frozen=True)
+class ClaimedImage:
+    """What scoring needs of a claimed instance."""
+
+    instance_id: int
+    study_id: int
+    sop_instance_uid: str
+    file_path: str
+    content_sha256: str
+
+
+def claimed_images(session: Session, ids: Sequence[int]) -> list[ClaimedImage]:
+    """The claimed rows, in id order."""
+    rows = session.scalars(select(Instance).where(Instance.id.in_(ids)).order_by(Instance.id))
+    return [ClaimedImage(r.id, r.study_id, r.sop_instance_uid, r.file_path, r.content_sha256)
+            for r in rows]
+
+
+def release_claims(session: Session, ids: Sequence[int], token: str) -> None:
+    """Give instances back as ``received`` (the node's sweeper publishes them again)."""
+    session.execute(
+        update(Instance)
+        .where(Instance.id.in_(ids), Instance.status == InstanceStatus.SCORING.value)
+        .values(status=InstanceStatus.RECEIVED.value, updated_at=utcnow())
+    )
+    session.execute(delete(ScoreClaim).where(
+        ScoreClaim.instance_id.in_(ids), ScoreClaim.token == token))
+
+
+# --- Scores -------------------------------------------------------------------------------------
+
+
+def record_score(session: Session, values: dict[str, Any]) -> bool:
+    """Insert one score (once per instance, model version and content) and mark it ``scored``.
+
+    Returns whether a new row was written (``False``: a duplicate delivery already had).
+    """
+    inserted = session.scalars(
+        dialect_insert(session, Score).values(**values).on_conflict_do_nothing(
+            index_elements=["instance_id", "model_version", "content_sha256"])
+        .returning(Score.id)
+    ).one_or_none()
+    session.execute(
+        update(Instance)
+        .where(Instance.id == values["instance_id"],
+               Instance.content_sha256 == values["content_sha256"])
+        .values(status=InstanceStatus.SCORED.value, status_reason=None, updated_at=utcnow())
+    )
+    return inserted is not None
+
+
+def mark_failed(session: Session, instance_id: int, reason: str) -> None:
+    """Record that an instance can't be scored, and why (never dropped silently)."""
+    session.execute(
+        update(Instance)
+        .where(Instance.id == instance_id)
+        .values(status=InstanceStatus.FAILED.value, status_reason=reason[:REASON_LENGTH],
+                updated_at=utcnow())
+    )
+
+
+def instance_state(session: Session, instance_id: int) -> tuple[str, int] | None:
+    """(status, study id) of an instance, or ``None`` when unknown."""
+    row = session.execute(
+        select(Instance.status, Instance.study_id).where(Instance.id == instance_id)).one_or_none()
+    return None if row is None else (str(row[0]), int(row[1]))
