@@ -15,9 +15,10 @@ from cxr_triage.errors import TriageError
 # Each module exposes ``register(subparsers)``; the order is the order of ``--help``.
 COMMAND_MODULES = (
     "dicom_node.cli",
-    "db.cli",
     "training.cli",
     "worker.cli",
+    "db.cli",
+    "cxr_triage.app_cli",
 )
 
 

@@ -89,20 +89,19 @@ def claim_more(session: Session, lead_id: int, token: str, limit: int) -> list[i
                Instance.status == InstanceStatus.SCORING.value)
         .limit(limit)
     ))
-    free = (
+    free = [] if limit <= len(own) else list(session.scalars(
         select(Instance.id)
         .where(Instance.status == InstanceStatus.QUEUED.value, Instance.id != lead_id)
         .order_by(Instance.received_at, Instance.id)
         .limit(limit - len(own))
         .with_for_update(skip_locked=True)  # PostgreSQL; SQLite serialises writers anyway
-    )
+    ))
     fresh = list(session.scalars(
         update(Instance)
-        .where(Instance.id.in_(free.scalar_subquery()),
-               Instance.status == InstanceStatus.QUEUED.value)
+        .where(Instance.id.in_(free), Instance.status == InstanceStatus.QUEUED.value)
         .values(status=InstanceStatus.SCORING.value, updated_at=now)
         .returning(Instance.id)
-    )) if limit > len(own) else []
+    )) if free else []
     ids = [int(i) for i in own] + [int(i) for i in fresh]
     _stamp_claims(session, ids, token, now)
     return ids

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import Delivery, Report, Study
+from db.models import Delivery, Instance, InstanceStatus, Report, Study
 
 DECISION_RANK = {"suspected": 0, "indeterminate": 1}
 PENDING = "pending"
@@ -84,19 +84,41 @@ def worklist(
             select(Delivery.report_id, Delivery.state).where(Delivery.report_id.in_(report_ids))
         ):
             states.setdefault(report_id, []).append(state)
-    rows = [_row(study, report, states, show_phi) for study, report in pairs]
+    unreported = [study.id for study, report in pairs if report is None]
+    waiting = _unreported_state(session, unreported)
+    rows = [_row(study, report, states, show_phi, waiting.get(study.id, PENDING))
+            for study, report in pairs]
     if decisions:
         rows = [row for row in rows if row.decision in decisions]
     return sorted(rows, key=_sort_key)
 
 
+def _unreported_state(session: Session, study_ids: list[int]) -> dict[int, str]:
+    """``skipped`` when no image of the study is a triage candidate, ``failed`` when every
+    candidate failed, else ``pending``."""
+    if not study_ids:
+        return {}
+    statuses: dict[int, set[str]] = {}
+    for study_id, status in session.execute(
+        select(Instance.study_id, Instance.status).where(Instance.study_id.in_(study_ids))
+    ):
+        statuses.setdefault(study_id, set()).add(status)
+    result: dict[int, str] = {}
+    for study_id, seen in statuses.items():
+        if seen == {InstanceStatus.SKIPPED.value}:
+            result[study_id] = InstanceStatus.SKIPPED.value
+        elif seen <= {InstanceStatus.SKIPPED.value, InstanceStatus.FAILED.value}:
+            result[study_id] = InstanceStatus.FAILED.value
+    return result
+
+
 def _row(study: Study, report: Report | None, states: dict[int, list[str]],
-         show_phi: bool) -> WorklistRow:
+         show_phi: bool, unreported: str) -> WorklistRow:
     return WorklistRow(
         study_instance_uid=study.study_instance_uid,
         accession_number=study.accession_number,
         received_at=study.first_received_at,
-        decision=report.decision if report else PENDING,
+        decision=report.decision if report else unreported,
         probability_mean=report.probability_mean if report else None,
         probability_std=report.probability_std if report else None,
         delivery=_delivery_summary(states.get(report.id, [])) if report else "-",

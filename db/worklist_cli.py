@@ -12,7 +12,7 @@ from cxr_triage.errors import TriageError
 if TYPE_CHECKING:
     from db.worklist import WorklistRow
 
-DECISIONS = ("suspected", "indeterminate", "not_suspected", "pending")
+DECISIONS = ("suspected", "indeterminate", "not_suspected", "pending", "skipped", "failed")
 
 
 def parse_since(text: str) -> dt.datetime:
@@ -28,7 +28,7 @@ def parse_since(text: str) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
-def _format_table(rows: list[WorklistRow]) -> str:
+def format_worklist(rows: list[WorklistRow]) -> str:
     header = (f"{'#':>3}  {'study':28}  {'received (UTC)':16}  {'decision':13}  "
               f"{'p ± sd':13}  delivery")
     lines = [header]
@@ -67,7 +67,7 @@ def run_worklist(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([row.as_json() for row in rows], indent=2))
     else:
-        print(_format_table(rows))
+        print(format_worklist(rows))
     return 0
 
 

@@ -20,6 +20,7 @@ STUDIES = [
     ("A-SUSP-HIGH", 20, "suspected", 0.95),
     ("A-PENDING", 10, None, None),
     ("A-OLDEST", 60, "not_suspected", 0.20),
+    ("A-LATERAL", 5, None, None),
 ]
 
 
@@ -40,7 +41,8 @@ def _seed(url: str) -> None:
                 study_id=study.id, series_instance_uid=f"1.2.3.{index}.9", calling_ae="CR1",
                 received_at=received, updated_at=received, file_path="/x", size_bytes=1,
                 transfer_syntax_uid="1.2.840.10008.1.2.1", content_sha256="0" * 64,
-                status="scored", receive_count=1, enqueue_count=1)
+                status="skipped" if accession == "A-LATERAL" else "queued",
+                receive_count=1, enqueue_count=1)
             session.add(instance)
             session.flush()
             if decision is None:
@@ -66,9 +68,10 @@ def test_worklist_order_filters_and_phi(db_url: str, capsys: pytest.CaptureFixtu
     assert main(["worklist", "--db-url", db_url, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["accession_number"] for r in rows] == [
-        "A-SUSP-HIGH", "A-SUSP-MID", "A-INDET", "A-OLDEST", "A-LOW", "A-PENDING"]
+        "A-SUSP-HIGH", "A-SUSP-MID", "A-INDET", "A-OLDEST", "A-LOW", "A-PENDING", "A-LATERAL"]
     assert rows[0]["probability_mean"] == pytest.approx(0.95)
-    assert rows[-1]["decision"] == "pending" and rows[-1]["delivery"] == "-"
+    assert rows[-2]["decision"] == "pending" and rows[-2]["delivery"] == "-"
+    assert rows[-1]["decision"] == "skipped"
     assert all(r["patient_name"] is None and r["patient_id"] is None for r in rows)
 
     assert main(["worklist", "--db-url", db_url]) == 0
@@ -82,7 +85,7 @@ def test_worklist_order_filters_and_phi(db_url: str, capsys: pytest.CaptureFixtu
 
     assert main(["worklist", "--db-url", db_url, "--json", "--since", "35m"]) == 0
     recent = {r["accession_number"] for r in json.loads(capsys.readouterr().out)}
-    assert recent == {"A-INDET", "A-SUSP-HIGH", "A-PENDING"}
+    assert recent == {"A-INDET", "A-SUSP-HIGH", "A-PENDING", "A-LATERAL"}
 
 
 def test_worklist_bad_since(capsys: pytest.CaptureFixture[str], tmp_path: object) -> None:

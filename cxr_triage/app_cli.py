@@ -1,0 +1,43 @@
+"""``cxr-triage up`` and ``cxr-triage demo``: whole-system commands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _up(args: argparse.Namespace) -> int:
+    from cxr_triage.up import run_up
+    from worker.settings import WorkerSettings
+
+    model_dir = args.model_dir or WorkerSettings.from_env().model_dir
+    node_args = ["--allow-any-aet"] if args.allow_any_aet else []
+    for title in args.allow_aet or []:
+        node_args += ["--allow-aet", title]
+    return run_up(model_dir, node_args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from cxr_triage.demo import run_demo
+
+    return run_demo(args.workdir, args.data, args.fresh, args.timeout)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``up`` and ``demo``."""
+    up = subparsers.add_parser(
+        "up", help="run the node and a CPU worker on this machine (embedded defaults)")
+    up.add_argument("--model-dir", type=Path, help="ensemble directory (TRIAGE_MODEL_DIR)")
+    up.add_argument("--allow-aet", action="append", help="calling AE title to allow")
+    up.add_argument("--allow-any-aet", action="store_true", help="accept any calling AE")
+    up.set_defaults(func=_up)
+
+    demo = subparsers.add_parser(
+        "demo", help="train a demo ensemble, run the whole pipeline on sample studies")
+    demo.add_argument("--data", type=Path,
+                      help="train the demo ensemble briefly on this data (default: synthetic)")
+    demo.add_argument("--workdir", type=Path, default=Path("var/demo"))
+    demo.add_argument("--fresh", action="store_true", help="rebuild the demo ensemble too")
+    demo.add_argument("--timeout", type=float, default=600.0,
+                      help="seconds to wait for every report")
+    demo.set_defaults(func=_demo)
