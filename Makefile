@@ -34,8 +34,9 @@ unit: install
 	$(BIN)/pytest tests/unit
 
 # The main job on embedded defaults (SQLite, filesystem broker, storage under ./var).
+# Set TRIAGE_ALLOWED_AETS to your modalities' AE titles (the node denies everyone by default).
 up: install
-	$(BIN)/cxr-triage node --allow-any-aet
+	$(BIN)/cxr-triage up
 
 node: install
 	$(BIN)/cxr-triage node --allow-any-aet

@@ -23,6 +23,17 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.workdir, args.data, args.fresh, args.timeout)
 
 
+def _ping(args: argparse.Namespace) -> int:
+    from worker.broker import BrokerSettings, make_celery
+
+    app = make_celery(BrokerSettings.from_env())
+    replies = app.control.ping(timeout=args.timeout) or []
+    names = [name for reply in replies for name in reply]
+    matching = [n for n in names if args.queue is None or args.queue in n.split("@")[0].split("+")]
+    print("\n".join(matching) if matching else "no worker answered")
+    return 0 if matching else 1
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``up`` and ``demo``."""
     up = subparsers.add_parser(
@@ -41,3 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--timeout", type=float, default=600.0,
                       help="seconds to wait for every report")
     demo.set_defaults(func=_demo)
+
+    ping = subparsers.add_parser(
+        "ping", help="exit 0 when a worker (of a queue) answers; a container healthcheck")
+    ping.add_argument("--queue", choices=["score", "deliver"], help="only workers of this queue")
+    ping.add_argument("--timeout", type=float, default=5.0)
+    ping.set_defaults(func=_ping)
