@@ -24,10 +24,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cxr_triage.synthetic import cr_dataset
 from tests.support.servers import free_port, wait_for_port
 
 
@@ -35,24 +35,11 @@ def make_files(directory: Path, count: int, rows: int, columns: int) -> list[Pat
     """``count`` CR images of rows x columns 16-bit pixels (about 10 MB at 2500 x 2000)."""
     directory.mkdir(parents=True, exist_ok=True)
     study, series = generate_uid(), generate_uid()
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 4096, size=(rows, columns), dtype=np.uint16).tobytes()
+    pixels = np.random.default_rng(0).integers(0, 4096, size=(rows, columns), dtype=np.uint16)
     paths = []
     for index in range(count):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = ComputedRadiographyImageStorage
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.PatientName, ds.PatientID, ds.Modality = "BENCH^INGEST", "BENCH", "CR"
-        ds.BodyPartExamined, ds.ViewPosition = "CHEST", "PA"
-        ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, columns, 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = pixels
+        ds = cr_dataset(pixels, study_uid=study, series_uid=series, accession="BENCH",
+                        number=index + 1)
         path = directory / f"{index:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)

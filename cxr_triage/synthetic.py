@@ -55,32 +55,39 @@ def write_training_set(directory: Path, per_class: int, seed: int = 0) -> Path:
     return directory
 
 
+def cr_dataset(pixels: np.ndarray, *, study_uid: str, series_uid: str, accession: str,
+               view: str = "PA", number: int = 1) -> Dataset:
+    """A CR instance (12-bit MONOCHROME2 ``pixels``) whose header says it is synthetic."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ComputedRadiographyImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.PatientName = f"SYNTHETIC^{accession}"
+    ds.PatientID = f"SYN-{accession}"
+    ds.AccessionNumber = accession
+    ds.StudyDate = dt.date.today().strftime("%Y%m%d")
+    ds.StudyTime = dt.datetime.now().strftime("%H%M%S")
+    ds.StudyDescription = "SYNTHETIC CHEST"
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", view
+    ds.SeriesNumber, ds.InstanceNumber = 1, number
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    return ds
+
+
 def dicom_study(rng: np.random.Generator, covid: bool, accession: str, *,
                 view: str = "PA", images: int = 1) -> list[Dataset]:
-    """A synthetic CR study (12-bit MONOCHROME2) labelled as synthetic in its header."""
+    """A synthetic CR study of ``images`` instances."""
     study_uid, series_uid = generate_uid(), generate_uid()
-    datasets = []
-    for number in range(1, images + 1):
-        pixels = (radiograph(rng, covid=covid, size=512) * 4095).astype(np.uint16)
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = ComputedRadiographyImageStorage
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.PatientName = f"SYNTHETIC^{accession}"
-        ds.PatientID = f"SYN-{accession}"
-        ds.AccessionNumber = accession
-        ds.StudyDate = dt.date.today().strftime("%Y%m%d")
-        ds.StudyTime = dt.datetime.now().strftime("%H%M%S")
-        ds.StudyDescription = "SYNTHETIC DEMO CHEST"
-        ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", view
-        ds.SeriesNumber, ds.InstanceNumber = 1, number
-        ds.Rows, ds.Columns = pixels.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = pixels.tobytes()
-        datasets.append(ds)
-    return datasets
+    return [
+        cr_dataset((radiograph(rng, covid=covid, size=512) * 4095).astype(np.uint16),
+                   study_uid=study_uid, series_uid=series_uid, accession=accession,
+                   view=view, number=number)
+        for number in range(1, images + 1)
+    ]

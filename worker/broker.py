@@ -15,7 +15,13 @@ from celery import Celery
 from kombu import Queue
 
 from cxr_triage.envconfig import default_var_dir, env_float, env_str
-from worker.names import QUEUE_DELIVER, QUEUE_SCORE, TASK_SCORE_INSTANCE
+from worker.names import (
+    QUEUE_DELIVER,
+    QUEUE_SCORE,
+    TASK_DELIVER_REPORT,
+    TASK_REPORT_STUDY,
+    TASK_SCORE_INSTANCE,
+)
 
 FILESYSTEM_URL = "filesystem://"
 
@@ -60,10 +66,16 @@ def _transport_options(settings: BrokerSettings) -> dict[str, Any]:
             "data_folder_in": str(folder),
             "data_folder_out": str(folder),
             "processed_folder": str(settings.filesystem_dir / "processed"),
+            "control_folder": str(settings.filesystem_dir / "control"),
             "store_processed": False,
         }
+    # Abandoned (unacknowledged) messages are looked for every interval; with a short
+    # visibility timeout (tests) they should come back about that soon, not after 100 s.
+    restore_interval = max(1.0, min(10.0, settings.visibility_timeout_s / 2))
     return {
         "visibility_timeout": settings.visibility_timeout_s,
+        "unacked_restore_interval": restore_interval,
+        "unacked_restore_throttle": 1 if settings.visibility_timeout_s < 600 else 10,
         "socket_connect_timeout": settings.connect_timeout_s,
         "socket_timeout": max(settings.connect_timeout_s, 5.0),
     }
@@ -83,7 +95,11 @@ def make_celery(settings: BrokerSettings, name: str = "cxr_triage") -> Celery:
         worker_prefetch_multiplier=1,
         task_default_queue=QUEUE_SCORE,
         task_queues=(Queue(QUEUE_SCORE), Queue(QUEUE_DELIVER)),
-        task_routes={TASK_SCORE_INSTANCE: {"queue": QUEUE_SCORE}},
+        task_routes={
+            TASK_SCORE_INSTANCE: {"queue": QUEUE_SCORE},
+            TASK_REPORT_STUDY: {"queue": QUEUE_DELIVER},
+            TASK_DELIVER_REPORT: {"queue": QUEUE_DELIVER},
+        },
         broker_transport_options=_transport_options(settings),
         broker_connection_timeout=settings.connect_timeout_s,
         broker_connection_retry_on_startup=True,

@@ -15,13 +15,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
-import math
 import os
-import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 import highdicom as hd
@@ -45,17 +41,37 @@ from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
-from pydicom.uid import UID, Comprehensive3DSRStorage, generate_uid
+from pydicom.uid import UID, generate_uid
 from pydicom.valuerep import validate_value
 
-from cxr_triage.errors import TriageError
 from worker import sr_codes
+from worker.sr_model import (
+    Decision,
+    ModelIdentity,
+    PredecessorRef,
+    Priority,
+    SRError,
+    StudyFinding,
+)
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "DEFAULT_SERIES_NUMBER",
+    "NOT_FOR_CLINICAL_USE",
+    "Decision",
+    "ModelIdentity",
+    "PredecessorRef",
+    "Priority",
+    "SRError",
+    "StudyFinding",
+    "build_triage_sr",
+    "series_description",
+    "write_sr",
+]
+
 DEFAULT_SERIES_NUMBER = 9901
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
-_DEVICE_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cxr-triage:device")
 # Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1)
 # that highdicom reads from the first evidence item; absent ones are written empty.
 _TYPE2_PATIENT_STUDY = (
@@ -75,25 +91,6 @@ _TEXT_VRS = frozenset(
 )
 
 
-class SRError(TriageError):
-    """The triage SR could not be built or written."""
-
-
-class Decision(StrEnum):
-    """The study-level triage decision."""
-
-    SUSPECTED = "suspected"
-    NOT_SUSPECTED = "not_suspected"
-    INDETERMINATE = "indeterminate"
-
-
-class Priority(StrEnum):
-    """Reading priority derived from the decision."""
-
-    HIGH = "HIGH"
-    ROUTINE = "ROUTINE"
-
-
 _DECISION_CODES = {
     Decision.SUSPECTED: sr_codes.SUSPECTED,
     Decision.NOT_SUSPECTED: sr_codes.NOT_SUSPECTED,
@@ -103,99 +100,6 @@ _PRIORITY_CODES = {
     Priority.HIGH: sr_codes.HIGH_PRIORITY,
     Priority.ROUTINE: sr_codes.ROUTINE_PRIORITY,
 }
-
-
-def _check_probability(name: str, value: float) -> None:
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise SRError(f"{name} must be a probability in [0, 1], got {value!r}")
-
-
-@dataclass(frozen=True)
-class StudyFinding:
-    """What the ensemble concluded for one study.
-
-    Parameters
-    ----------
-    decision
-        Suspected, not suspected or indeterminate (a ``Decision`` or its value).
-    probability_mean, probability_std
-        Mean COVID-19 probability over the folds and its standard deviation.
-    scored_sop_instance_uids
-        SOP Instance UIDs of the images that were scored.
-    fold_probabilities
-        Optional per-fold probabilities, in fold order.
-    """
-
-    decision: Decision
-    probability_mean: float
-    probability_std: float
-    scored_sop_instance_uids: tuple[str, ...]
-    fold_probabilities: tuple[float, ...] = ()
-
-    def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "decision", Decision(self.decision))
-        except ValueError:
-            allowed = ", ".join(d.value for d in Decision)
-            raise SRError(f"unknown decision {self.decision!r}; use one of {allowed}") from None
-        _check_probability("probability_mean", self.probability_mean)
-        _check_probability("probability_std", self.probability_std)
-        for fold_p in self.fold_probabilities:
-            _check_probability("fold probability", fold_p)
-        if not self.scored_sop_instance_uids:
-            raise SRError("a finding needs at least one scored SOP Instance UID")
-
-    @property
-    def priority(self) -> Priority:
-        """HIGH for a suspected study, ROUTINE otherwise."""
-        return Priority.HIGH if self.decision is Decision.SUSPECTED else Priority.ROUTINE
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """The ensemble that produced the finding.
-
-    ``device_uid`` is derived from ``ensemble_hash``, so it changes whenever the
-    model is retrained (PS3.5 B.2, a UUID-derived UID under ``2.25``).
-    """
-
-    algorithm_name: str
-    version: str
-    ensemble_hash: str
-    not_for_clinical_use: bool = False
-
-    def __post_init__(self) -> None:
-        for field_name in ("algorithm_name", "version"):  # LO values (PS3.5 6.2)
-            value = getattr(self, field_name)
-            if not value or len(value) > 64 or "\\" in value:
-                raise SRError(f"ModelIdentity.{field_name} must be 1-64 characters without '\\'")
-        if not self.ensemble_hash:
-            raise SRError("ModelIdentity.ensemble_hash must not be empty")
-
-    @property
-    def device_uid(self) -> str:
-        """Deterministic Device UID for this algorithm and ensemble."""
-        key = f"{self.algorithm_name}/{self.ensemble_hash}"
-        return f"2.25.{uuid.uuid5(_DEVICE_UID_NAMESPACE, key).int}"
-
-
-@dataclass(frozen=True)
-class PredecessorRef:
-    """An earlier triage SR that this one supersedes (PS3.3 C.17.2.1)."""
-
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str = Comprehensive3DSRStorage
-
-    def as_dataset(self) -> Dataset:
-        """The minimal dataset highdicom reads a previous version from."""
-        ds = Dataset()
-        ds.StudyInstanceUID = self.study_instance_uid
-        ds.SeriesInstanceUID = self.series_instance_uid
-        ds.SOPInstanceUID = self.sop_instance_uid
-        ds.SOPClassUID = self.sop_class_uid
-        return ds
 
 
 def _is_valid(element: DataElement) -> bool:

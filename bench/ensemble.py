@@ -1,0 +1,118 @@
+"""Images per second of the worker's ensemble against a naive loop, on random weights.
+
+Run: ``.venv/bin/python bench/ensemble.py [--folds 10] [--size 224] [--threads N]``.
+Variants, all 10 ResNet-50 at 224 px:
+
+* naive: 10 torchvision ResNet-50, fp32, one model after another, batch 1;
+* worker: ``worker.ensemble.Ensemble`` (loaded from a real manifest, channels_last, fp32),
+  batch 1 and batch ``TRIAGE_SCORE_BATCH`` (8);
+* bf16: the same models with weights cast to bf16 and channels_last, batch 8.
+
+Random weights say nothing about bf16 agreement; judge that on trained weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torchvision.models import resnet50
+
+import cxr_triage
+from training.data import file_sha256
+from training.manifest import EnsembleManifest, FoldEntry, model_version, write_manifest
+from training.model import build_resnet50, save_fold_model
+from training.preprocessing import PreprocessConfig
+from worker.ensemble import Ensemble
+
+
+def write_random_ensemble(directory: Path, folds: int, size: int) -> None:
+    """A real ensemble directory with random-weight folds."""
+    entries = []
+    for index in range(folds):
+        path = directory / f"fold_{index:02d}.safetensors"
+        save_fold_model(build_resnet50(num_classes=2), path, {"fold": str(index)})
+        entries.append(FoldEntry(index, path.name, file_sha256(path), {}))
+    write_manifest(directory, EnsembleManifest(
+        architecture="resnet50", input_size=size,
+        preprocessing=PreprocessConfig(size=size).to_dict(), class_names=["normal", "covid"],
+        positive_class="covid", threshold=0.5, threshold_target_sensitivity=0.95,
+        threshold_oof_specificity=0.0, folds=entries, dataset_fingerprint="bench", seed=0,
+        package_version=cxr_triage.__version__,
+        model_version=model_version([e.sha256 for e in entries]),
+        created_at="1970-01-01T00:00:00+00:00", label="bench"))
+
+
+def images_per_second(run: Callable[[torch.Tensor], object], batch: int, size: int,
+                      images: int) -> float:
+    """Warm up once, then time ``images`` images in batches of ``batch``."""
+    x = torch.randn(batch, 3, size, size)
+    run(x)
+    rounds = max(1, images // batch)
+    started = time.perf_counter()
+    for _ in range(rounds):
+        run(x)
+    return rounds * batch / (time.perf_counter() - started)
+
+
+def naive(folds: int) -> Callable[[torch.Tensor], object]:
+    models = [resnet50(weights=None).eval() for _ in range(folds)]
+
+    def run(x: torch.Tensor) -> object:
+        with torch.inference_mode():
+            return [torch.softmax(m(x), dim=1) for m in models]
+    return run
+
+
+def bf16(ensemble: Ensemble) -> Callable[[torch.Tensor], object]:
+    models = [copy.deepcopy(m).to(torch.bfloat16) for m in ensemble.models]
+
+    def run(x: torch.Tensor) -> object:
+        with torch.inference_mode():
+            xb = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+            return torch.stack([torch.softmax(m(xb).float(), dim=1)[:, 1] for m in models])
+    return run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folds", type=int, default=10)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--images", type=int, default=16, help="images timed per variant")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_random_ensemble(Path(tmp), args.folds, args.size)
+        started = time.perf_counter()
+        ensemble = Ensemble.load(Path(tmp), device="cpu", torch_threads=args.threads)
+        load_s = time.perf_counter() - started
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.folds} folds, "
+          f"{args.size} px; ensemble load incl. sha256 checks: {load_s:.1f} s")
+    small = max(args.batch // 2, 4)
+    results = {
+        "naive fp32 loop, batch 1": images_per_second(naive(args.folds), 1, args.size, small),
+        "worker Ensemble fp32 channels_last, batch 1": images_per_second(
+            ensemble.predict, 1, args.size, small),
+        f"worker Ensemble fp32 channels_last, batch {args.batch}": images_per_second(
+            ensemble.predict, args.batch, args.size, args.images),
+        f"bf16 weights + channels_last, batch {args.batch}": images_per_second(
+            bf16(ensemble), args.batch, args.size, args.images),
+    }
+    baseline = results["naive fp32 loop, batch 1"]
+    print(f"{'variant':50s} {'img/s':>7s} {'vs naive':>9s}")
+    for name, rate in results.items():
+        print(f"{name:50s} {rate:7.2f} {rate / baseline:8.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""The ensemble: manifest and hashes checked, any fold count, training's preprocessing."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.support import dicomgen
+from training.errors import TrainingError
+from training.manifest import load_manifest
+from training.preprocessing import preprocess
+from worker.ensemble import Ensemble, EnsembleError, model_identity, resolve_device
+
+
+def test_three_folds_predict_a_batch(three_fold_ensemble: Path, tmp_path: Path) -> None:
+    ensemble = Ensemble.load(three_fold_ensemble, device="cpu")
+    assert len(ensemble.models) == 3
+    paths = [dicomgen.write(dicomgen.radiograph(seed=i), tmp_path / f"{i}.dcm") for i in range(4)]
+    batch = torch.stack([ensemble.preprocess(p) for p in paths])
+    assert batch.shape == (4, 3, 64, 64)
+    out = ensemble.predict(batch)
+    assert len(out.mean) == len(out.std) == len(out.folds) == 4
+    for mean, std, folds in zip(out.mean, out.std, out.folds, strict=True):
+        assert len(folds) == 3
+        assert all(0.0 <= p <= 1.0 for p in folds)
+        assert mean == pytest.approx(sum(folds) / 3, abs=1e-6)
+        assert std == pytest.approx(float(torch.tensor(folds).std(unbiased=False)), abs=1e-6)
+    # Batching doesn't change an image's result.
+    single = ensemble.predict(batch[1:2])
+    assert single.mean[0] == pytest.approx(out.mean[1], abs=1e-5)
+
+
+def test_worker_uses_trainings_preprocessing(tiny_ensemble: Path, tmp_path: Path) -> None:
+    ensemble = Ensemble.load(tiny_ensemble, device="cpu")
+    path = dicomgen.write(dicomgen.radiograph(seed=3), tmp_path / "x.dcm")
+    expected = preprocess(path, load_manifest(tiny_ensemble).preprocess_config())
+    assert torch.equal(ensemble.preprocess(path), expected)
+
+
+def test_a_changed_fold_file_is_refused(tiny_ensemble: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(tiny_ensemble, tmp_path / "model")
+    fold = copy / "fold_01.safetensors"
+    data = bytearray(fold.read_bytes())
+    data[-1] ^= 0xFF
+    fold.write_bytes(bytes(data))
+    with pytest.raises(TrainingError, match=r"fold_01.safetensors does not match its sha256"):
+        Ensemble.load(copy, device="cpu")
+
+
+def test_missing_manifest_and_device(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match=r"no ensemble\.json"):
+        Ensemble.load(tmp_path, device="cpu")
+    assert resolve_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == "cpu"
+        with pytest.raises(EnsembleError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+def test_model_identity_comes_from_the_manifest(tiny_ensemble: Path) -> None:
+    manifest = load_manifest(tiny_ensemble)
+    identity = model_identity(manifest)
+    assert identity.algorithm_name == "tiny test ensemble"
+    assert identity.version == manifest.model_version
+    assert identity.not_for_clinical_use is True
+    assert len(identity.ensemble_hash) == 64

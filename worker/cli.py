@@ -1,0 +1,128 @@
+"""``cxr-triage worker``, ``cxr-triage deliveries`` and ``cxr-triage redeliver``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import socket
+from pathlib import Path
+
+from worker.settings import DEVICES, WorkerSettings
+
+logger = logging.getLogger(__name__)
+POOLS = ("prefork", "solo", "threads")
+
+
+def _settings(args: argparse.Namespace) -> WorkerSettings:
+    settings = WorkerSettings.from_env()
+    overrides = {}
+    if getattr(args, "device", None):
+        overrides["device"] = args.device
+    if getattr(args, "model_dir", None):
+        overrides["model_dir"] = Path(args.model_dir)
+    return dataclasses.replace(settings, **overrides) if overrides else settings
+
+
+def _upgrade(url: str) -> None:
+    from db.migrate import upgrade
+    from db.session import make_engine
+
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from worker.celery_app import create_app
+
+    settings = _settings(args)
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    concurrency = args.concurrency or (
+        settings.score_concurrency if "score" in queues else settings.deliver_concurrency)
+    _upgrade(settings.db.url)
+    app, context = create_app(settings)
+    name = args.hostname or f"{'+'.join(queues)}@{socket.gethostname()}"
+    logger.info("worker %s: queues %s, concurrency %d, device %s, model %s, %d destinations",
+                name, ",".join(queues), concurrency, settings.device, settings.model_dir,
+                len(context.destinations))
+    app.worker_main([
+        "worker", "--queues", ",".join(queues), "--concurrency", str(concurrency),
+        "--pool", args.pool, "--hostname", name, "--loglevel", args.log_level,
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ])
+    return 0
+
+
+def _deliveries(args: argparse.Namespace) -> int:
+    from db.reports import list_deliveries
+    from db.session import make_engine, make_session_factory
+
+    settings = WorkerSettings.from_env()
+    engine = make_engine(settings.db.url)
+    try:
+        with make_session_factory(engine)() as session:
+            rows = list_deliveries(session, failed_only=args.failed, limit=args.limit)
+    finally:
+        engine.dispose()
+    header = ("REPORT", "REV", "DECISION", "PRIORITY", "DESTINATION", "STATE", "TRIES",
+              "UPDATED (UTC)", "STUDY / LAST ERROR")
+    print("\t".join(header))
+    for r in rows:
+        print("\t".join([str(r.report_id), str(r.revision), r.decision, r.priority,
+                         r.destination, r.state, str(r.attempts),
+                         r.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
+                         r.study_instance_uid + (f" / {r.last_error}" if r.last_error else "")]))
+    return 0
+
+
+def _redeliver(args: argparse.Namespace) -> int:
+    from db.reports import requeue_deliveries
+    from db.session import make_engine, make_session_factory
+    from worker.broker import make_celery
+    from worker.names import QUEUE_DELIVER, TASK_DELIVER_REPORT
+
+    if args.report is None and not args.all_failed:
+        print("cxr-triage redeliver: give --report ID or --all-failed")
+        return 2
+    settings = WorkerSettings.from_env()
+    engine = make_engine(settings.db.url)
+    try:
+        with make_session_factory(engine).begin() as session:
+            pairs = requeue_deliveries(session, report_id=args.report,
+                                       all_failed=args.all_failed)
+    finally:
+        engine.dispose()
+    app = make_celery(settings.broker)
+    for report_id, destination in pairs:
+        app.send_task(TASK_DELIVER_REPORT, args=[report_id, destination], queue=QUEUE_DELIVER)
+        print(f"report {report_id} -> {destination}: queued again")
+    if not pairs:
+        print("nothing to redeliver")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``worker``, ``deliveries`` and ``redeliver``."""
+    worker = subparsers.add_parser("worker", help="run a Celery worker (score and deliver)")
+    worker.add_argument("--queues", default="score,deliver",
+                        help="comma-separated queues to consume (default score,deliver)")
+    worker.add_argument("--device", choices=DEVICES, help="default TRIAGE_DEVICE (auto)")
+    worker.add_argument("--concurrency", type=int, help="pool processes (default "
+                        "TRIAGE_SCORE_CONCURRENCY, or TRIAGE_DELIVER_CONCURRENCY for deliver)")
+    worker.add_argument("--pool", choices=POOLS, default="prefork")
+    worker.add_argument("--hostname", help="worker node name (default QUEUES@host)")
+    worker.add_argument("--model-dir", help="ensemble directory (default TRIAGE_MODEL_DIR)")
+    worker.set_defaults(func=_worker)
+
+    deliveries = subparsers.add_parser("deliveries", help="list report deliveries, newest first")
+    deliveries.add_argument("--failed", action="store_true", help="only failed deliveries")
+    deliveries.add_argument("--limit", type=int, default=200)
+    deliveries.set_defaults(func=_deliveries)
+
+    redeliver = subparsers.add_parser("redeliver", help="queue deliveries again")
+    redeliver.add_argument("--report", type=int, help="every unsent delivery of this report")
+    redeliver.add_argument("--all-failed", action="store_true", help="every failed delivery")
+    redeliver.set_defaults(func=_redeliver)

@@ -1,0 +1,69 @@
+"""The triage rules as plain functions: image decision, study result, delivery backoff."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from worker.sr import Decision
+
+# Most suspicious first: a suspected image outranks an indeterminate one, which outranks
+# a not-suspected one, whatever their probabilities.
+_SEVERITY = {Decision.SUSPECTED: 2, Decision.INDETERMINATE: 1, Decision.NOT_SUSPECTED: 0}
+
+
+def decide(mean: float, std: float, *, threshold: float, indeterminate_std: float) -> Decision:
+    """The decision for one image from its ensemble output.
+
+    ``suspected`` when the mean probability reaches the manifest threshold (a positive is
+    never downgraded for fold disagreement: triage errs towards reading sooner);
+    ``indeterminate`` when the folds disagree, i.e. their standard deviation exceeds
+    ``indeterminate_std``; otherwise ``not_suspected``.
+    """
+    if mean >= threshold:
+        return Decision.SUSPECTED
+    if std > indeterminate_std:
+        return Decision.INDETERMINATE
+    return Decision.NOT_SUSPECTED
+
+
+def fold_votes(fold_probabilities: Sequence[float], threshold: float) -> int:
+    """How many folds alone would call the image suspected."""
+    return sum(1 for p in fold_probabilities if p >= threshold)
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One scored image of a study, as the study rule sees it."""
+
+    instance_id: int
+    sop_instance_uid: str
+    decision: Decision
+    probability_mean: float
+    probability_std: float
+    fold_probabilities: tuple[float, ...]
+
+
+def severity(result: ImageResult) -> tuple[int, float, float]:
+    """Sort key: decision rank, then mean probability, then spread (higher = more suspicious)."""
+    return (_SEVERITY[Decision(result.decision)], result.probability_mean, result.probability_std)
+
+
+def study_result(images: Sequence[ImageResult]) -> ImageResult:
+    """The study result: that of its most suspicious frontal image.
+
+    Ties (equal rank, mean and spread) go to the image scored first (lowest instance id), so
+    the result doesn't depend on the order the rows were read in.
+    """
+    if not images:
+        raise ValueError("a study result needs at least one scored image")
+    return max(sorted(images, key=lambda r: r.instance_id), key=severity)
+
+
+def backoff_s(attempt: int, *, base_s: float, max_s: float) -> float:
+    """Exponential backoff before retry ``attempt`` (1-based): base, 2 base, 4 base ... max."""
+    if attempt < 1:
+        return 0.0
+    exponent = min(attempt - 1, 32)
+    return float(min(max_s, base_s * math.pow(2, exponent)))

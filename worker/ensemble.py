@@ -1,0 +1,134 @@
+"""The fold ensemble: load ``ensemble.json`` and the fold weights once, predict batches.
+
+Preprocessing is imported from ``training.preprocessing`` (one code path for training and
+serving); the manifest and fold files from ``training.manifest`` and ``training.model``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cxr_triage.errors import TriageError
+from training.manifest import EnsembleManifest, load_manifest
+from training.model import ARCHITECTURE, load_fold_model
+from training.preprocessing import PreprocessConfig, load_unit_image, to_model_tensor
+from worker.sr import ModelIdentity
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ALGORITHM_NAME = "cxr-triage COVID-19 ensemble"
+
+
+class EnsembleError(TriageError):
+    """The ensemble can't be loaded or run."""
+
+
+def resolve_device(setting: str) -> str:
+    """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` must exist."""
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise EnsembleError("TRIAGE_DEVICE=cuda but no CUDA device is visible; use cpu or auto")
+    return setting
+
+
+def ensemble_hash(manifest: EnsembleManifest) -> str:
+    """SHA-256 over the fold hashes in fold order: changes whenever any weight changes."""
+    return hashlib.sha256("".join(f.sha256 for f in manifest.folds).encode()).hexdigest()
+
+
+def _lo(text: str) -> str:
+    """A value usable as an LO (PS3.5 6.2): no backslash or control characters, 64 at most."""
+    cleaned = "".join(ch for ch in text if ch.isprintable() and ch != "\\").strip()
+    return cleaned[:64]
+
+
+def model_identity(manifest: EnsembleManifest) -> ModelIdentity:
+    """How the SR names the ensemble: label (or a default), model_version, ensemble hash."""
+    return ModelIdentity(
+        algorithm_name=_lo(manifest.label) or DEFAULT_ALGORITHM_NAME,
+        version=_lo(manifest.model_version) or "unknown",
+        ensemble_hash=ensemble_hash(manifest),
+        not_for_clinical_use=manifest.not_for_clinical_use,
+    )
+
+
+@dataclass(frozen=True)
+class BatchPrediction:
+    """Per image: mean COVID-19 probability over folds, its spread, and each fold's value."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    folds: tuple[tuple[float, ...], ...]
+
+
+class Ensemble:
+    """The loaded fold models of one manifest, on one device, in eval mode."""
+
+    def __init__(self, manifest: EnsembleManifest, models: Sequence[nn.Module], device: str,
+                 directory: Path) -> None:
+        self.manifest = manifest
+        self.models = list(models)
+        self.device = device
+        self.directory = directory
+        self.config: PreprocessConfig = manifest.preprocess_config()
+        self.identity = model_identity(manifest)
+
+    @property
+    def model_version(self) -> str:
+        return self.manifest.model_version
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest.threshold)
+
+    @classmethod
+    def load(cls, model_dir: Path, *, device: str = "auto", torch_threads: int = 0) -> Ensemble:
+        """Read the manifest, check every fold's SHA-256, load the folds onto ``device``."""
+        started = time.monotonic()
+        if torch_threads > 0:
+            torch.set_num_threads(torch_threads)
+        manifest = load_manifest(Path(model_dir), verify_hashes=True)  # TrainingError on mismatch
+        if manifest.architecture != ARCHITECTURE:
+            raise EnsembleError(f"{model_dir}: architecture {manifest.architecture!r} is not "
+                                f"{ARCHITECTURE!r}; this worker runs ResNet-50 ensembles")
+        target = resolve_device(device)
+        models = []
+        for path in manifest.fold_paths(Path(model_dir)):
+            model = load_fold_model(path, num_classes=len(manifest.class_names), device=target)
+            models.append(model.to(memory_format=torch.channels_last))
+        logger.info("ensemble %s: %d folds loaded on %s in %.1f s (threads %d)",
+                    manifest.model_version, len(models), target, time.monotonic() - started,
+                    torch.get_num_threads())
+        return cls(manifest, models, target, Path(model_dir))
+
+    def preprocess(self, path: Path) -> torch.Tensor:
+        """One image file to its (3, size, size) model tensor (training's code path)."""
+        unit = load_unit_image(path, size=self.config.size, resize=self.config.resize)
+        return to_model_tensor(unit, **self.config.to_dict())
+
+    def predict(self, batch: torch.Tensor) -> BatchPrediction:
+        """Run every fold on a (B, 3, H, W) batch and summarise the positive-class softmax."""
+        if batch.ndim != 4 or batch.shape[0] == 0:
+            raise EnsembleError(f"expected a non-empty (B, 3, H, W) batch, got {batch.shape}")
+        positive = self.manifest.positive_index
+        with torch.inference_mode():
+            x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+            probs = torch.stack(
+                [torch.softmax(model(x).float(), dim=1)[:, positive] for model in self.models]
+            ).cpu()  # (folds, batch)
+        mean = probs.mean(dim=0)
+        std = probs.std(dim=0, unbiased=False)
+        return BatchPrediction(
+            mean=tuple(float(v) for v in mean),
+            std=tuple(float(v) for v in std),
+            folds=tuple(tuple(float(v) for v in probs[:, i]) for i in range(probs.shape[1])),
+        )

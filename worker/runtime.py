@@ -1,0 +1,115 @@
+"""Per-process state of a worker: database sessions, destinations, the ensemble (lazily).
+
+Nothing here is created at import time or in the parent before the fork: the engine and the
+ensemble are built on first use in each pool process, and ``after_fork`` drops connections a
+process inherited (``engine.dispose(close=False)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Any
+
+from sqlalchemy import Engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.session import make_engine, make_session_factory
+from dicom_node.destinations import Destination, parse_destinations
+from training.manifest import EnsembleManifest, load_manifest
+from worker.delivery import DeliveryOptions
+from worker.ensemble import Ensemble, model_identity
+from worker.pipeline import ScoringOptions
+from worker.reporting import ReportOptions
+from worker.settings import WorkerSettings
+from worker.sr import ModelIdentity
+
+logger = logging.getLogger(__name__)
+
+
+def _begin_immediate(engine: Engine) -> None:
+    """SQLite: take the write lock when a transaction starts.
+
+    With WAL, a transaction that reads and then writes fails at once (SQLITE_BUSY_SNAPSHOT)
+    if another process committed in between; BEGIN IMMEDIATE waits (busy_timeout) instead.
+    """
+    def no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    def begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(engine, "connect", no_implicit_begin)
+    event.listen(engine, "begin", begin)
+
+
+def make_worker_engine(url: str) -> Engine:
+    """The database engine the worker uses (``db.session.make_engine`` plus the above)."""
+    engine = make_engine(url)
+    if engine.dialect.name == "sqlite":
+        _begin_immediate(engine)
+    return engine
+
+
+class WorkerContext:
+    """What the tasks of one worker process share."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.host = socket.gethostname()
+        self.destinations: dict[str, Destination] = {
+            d.label: d for d in parse_destinations(settings.destinations)
+        }
+        self._lock = threading.Lock()
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+        self._ensemble: Ensemble | None = None
+        self._manifest: EnsembleManifest | None = None
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        with self._lock:
+            if self._sessions is None:
+                self._engine = make_worker_engine(self.settings.db.url)
+                self._sessions = make_session_factory(self._engine)
+            return self._sessions
+
+    def ensemble(self) -> Ensemble:
+        """The ensemble, loaded (and hash-checked) on first use in this process."""
+        with self._lock:
+            if self._ensemble is None:
+                self._ensemble = Ensemble.load(
+                    self.settings.model_dir, device=self.settings.device,
+                    torch_threads=self.settings.torch_threads)
+                self._manifest = self._ensemble.manifest
+            return self._ensemble
+
+    def model(self) -> tuple[ModelIdentity, str]:
+        """Identity and model_version for reports, from the manifest (weights not loaded)."""
+        with self._lock:
+            if self._manifest is None:
+                self._manifest = load_manifest(self.settings.model_dir, verify_hashes=False)
+            return model_identity(self._manifest), self._manifest.model_version
+
+    def after_fork(self, **_: Any) -> None:
+        """Forget connections inherited from the parent without closing them (theirs)."""
+        if self._engine is not None:
+            self._engine.dispose(close=False)
+
+    def scoring_options(self) -> ScoringOptions:
+        s = self.settings
+        return ScoringOptions(batch_size=s.score_batch, indeterminate_std=s.indeterminate_std,
+                              lease_s=s.score_lease_s, hold_after_claim_s=s.hold_after_claim_s,
+                              worker_host=self.host)
+
+    def report_options(self) -> ReportOptions:
+        s = self.settings
+        return ReportOptions(report_dir=s.report_dir, quiet_s=s.study_quiet_s,
+                             max_wait_s=s.report_max_wait_s, worker_host=self.host)
+
+    def delivery_options(self) -> DeliveryOptions:
+        s = self.settings
+        return DeliveryOptions(calling_ae=s.calling_ae, max_attempts=s.delivery_max_attempts,
+                               backoff_s=s.delivery_backoff_s,
+                               backoff_max_s=s.delivery_backoff_max_s)

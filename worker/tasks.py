@@ -1,0 +1,89 @@
+"""The Celery tasks: thin adapters from ids to the plain functions that hold the logic.
+
+Tasks take ids, are idempotent, and record their outcome in the database (there is no result
+backend). A task that fails on a database outage is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, Task
+from sqlalchemy.exc import OperationalError
+
+from worker.delivery import deliver_report, scu_sender
+from worker.ensemble import Ensemble
+from worker.names import (
+    QUEUE_DELIVER,
+    TASK_DELIVER_REPORT,
+    TASK_REPORT_STUDY,
+    TASK_SCORE_INSTANCE,
+)
+from worker.pipeline import score_instances
+from worker.reporting import ReportAction, report_study
+from worker.runtime import WorkerContext
+
+logger = logging.getLogger(__name__)
+
+_DB_RETRY: dict[str, Any] = {
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": 20,
+}
+
+
+class TriageTask(Task):
+    """Base of the triage tasks: the worker context, and the ensemble loaded lazily.
+
+    The ensemble is loaded by the first task that needs it, not in ``worker_process_init``
+    (whose handlers are killed after 4 s).
+    """
+
+    context: WorkerContext
+
+    @property
+    def ensemble(self) -> Ensemble:
+        return self.context.ensemble()
+
+
+def register_tasks(app: Celery, context: WorkerContext) -> None:
+    """Define the three tasks on ``app``, bound to ``context``."""
+
+    @app.task(name=TASK_SCORE_INSTANCE, bind=True, base=TriageTask, context=context,
+              **_DB_RETRY)
+    def score_instance(self: TriageTask, instance_id: int) -> None:
+        token = str(self.request.id or f"local-{instance_id}")
+        run = score_instances(context.sessions, int(instance_id), token,
+                              lambda: self.ensemble, context.scoring_options())
+        for study_id in run.studies:
+            app.send_task(TASK_REPORT_STUDY, args=[study_id], queue=QUEUE_DELIVER,
+                          countdown=context.settings.study_quiet_s)
+
+    @app.task(name=TASK_REPORT_STUDY, bind=True, base=TriageTask, context=context, **_DB_RETRY)
+    def report_study_task(self: TriageTask, study_id: int) -> None:
+        identity, model_version = context.model()
+        outcome = report_study(context.sessions, int(study_id), identity=identity,
+                               model_version=model_version,
+                               destinations=list(context.destinations.values()),
+                               options=context.report_options())
+        if outcome.action is ReportAction.WAIT:
+            app.send_task(TASK_REPORT_STUDY, args=[study_id], queue=QUEUE_DELIVER,
+                          countdown=outcome.retry_in_s)
+        for label in outcome.deliveries:
+            app.send_task(TASK_DELIVER_REPORT, args=[outcome.report_id, label],
+                          queue=QUEUE_DELIVER)
+
+    @app.task(name=TASK_DELIVER_REPORT, bind=True, base=TriageTask, context=context,
+              **_DB_RETRY)
+    def deliver_report_task(self: TriageTask, report_id: int, destination: str) -> None:
+        result = deliver_report(context.sessions, int(report_id), destination,
+                                destinations=context.destinations,
+                                send=scu_sender(context.settings.calling_ae),
+                                options=context.delivery_options())
+        if result.retry_in_s is not None:
+            # A new message with a countdown; this one is acknowledged. Attempts are counted
+            # in the database, so Celery's own retry limit is not used.
+            raise self.retry(countdown=result.retry_in_s, max_retries=None)
