@@ -66,13 +66,13 @@ def build_ensemble(paths: DemoPaths, data: Path | None) -> None:
         print(f"demo: using the demo ensemble in {paths.model}")
         return
     if data is None:
-        data = write_training_set(paths.root / "synthetic-train", per_class=30)
-        print(f"demo: no --data given, so training on 60 SYNTHETIC radiographs in {data}")
+        data = write_training_set(paths.root / "synthetic-train", per_class=24)
+        print(f"demo: no --data given, so training on 48 SYNTHETIC radiographs in {data}")
     else:
         print(f"demo: training briefly on {data}")
     command = [sys.executable, "-m", "cxr_triage", "train", "--data", str(data),
                "--out", str(paths.model), "--folds", "10", "--epochs", "2", "--input-size",
-               "64", "--batch-size", "8", "--weights", "none", "--limit", "30",
+               "64", "--batch-size", "8", "--weights", "none", "--limit", "24",
                "--label", DEMO_LABEL]
     if subprocess.run(command, check=False).returncode != 0:
         raise TriageError("demo: training the demo ensemble failed (see the output above)")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 
 from cxr_triage.errors import TriageError
 
@@ -51,7 +53,20 @@ class Stack:
             stdout=output, stderr=subprocess.STDOUT if output else None,
         )
 
+    def migrate(self) -> None:
+        """Bring the schema up to date once, so node and worker don't both migrate at once."""
+        from db.migrate import upgrade
+        from db.session import make_engine
+        from db.settings import DbSettings
+
+        engine = make_engine(DbSettings.from_env(self.env).url)
+        try:
+            upgrade(engine)
+        finally:
+            engine.dispose()
+
     def start(self) -> None:
+        self.migrate()
         self._spawn("node", ["node", *self.node_args])
         self._spawn("worker", ["worker", "--queues", "score,deliver", "--concurrency", "1",
                                *self.worker_args])
@@ -86,9 +101,14 @@ class Stack:
             self.stop()
 
 
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def run_up(model_dir: Path, node_args: Sequence[str]) -> int:
     """Start node + worker with the current environment; block until stopped."""
     require_ensemble(model_dir)
+    signal.signal(signal.SIGTERM, _interrupt)
     env = {**os.environ, "TRIAGE_MODEL_DIR": str(model_dir)}
     stack = Stack(env, node_args=node_args)
     stack.start()

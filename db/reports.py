@@ -20,7 +20,8 @@ from db.models import (
     Study,
     utcnow,
 )
-from db.results import ERROR_LENGTH, dialect_insert
+from db.repository import dialect_insert
+from db.results import ERROR_LENGTH
 
 _PENDING = (InstanceStatus.RECEIVED.value, InstanceStatus.QUEUED.value,
             InstanceStatus.SCORING.value)

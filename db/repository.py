@@ -67,7 +67,7 @@ class RecordResult:
     previous_file_path: str | None = None
 
 
-def _insert(session: Session, model: type[Any]) -> postgresql.Insert | sqlite.Insert:
+def dialect_insert(session: Session, model: type[Any]) -> postgresql.Insert | sqlite.Insert:
     """A dialect-specific INSERT that supports ``on_conflict_do_nothing``."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
@@ -89,7 +89,7 @@ def upsert_study(session: Session, facts: StudyFacts, now: dt.datetime) -> int:
         "first_received_at": now,
         "last_received_at": now,
     }
-    statement = _insert(session, Study).values(**values)
+    statement = dialect_insert(session, Study).values(**values)
     session.execute(statement.on_conflict_do_nothing(index_elements=["study_instance_uid"]))
     study_id = session.scalars(
         update(Study)
@@ -132,7 +132,7 @@ def record_instance(session: Session, item: NewInstance) -> RecordResult:
     now = utcnow()
     study_id = upsert_study(session, item.study, now)
     inserted = session.scalars(
-        _insert(session, Instance)
+        dialect_insert(session, Instance)
         .values(**_instance_values(item, study_id, now))
         .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
         .returning(Instance.id)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, delete, exists, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -23,18 +22,10 @@ from db.models import (
     ScoreClaim,
     utcnow,
 )
+from db.repository import dialect_insert
 
 REASON_LENGTH = 255
 ERROR_LENGTH = 1024
-
-
-def dialect_insert(session: Session, model: type[Any]) -> postgresql.Insert | sqlite.Insert:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(model)
-    if dialect == "sqlite":
-        return sqlite.insert(model)
-    raise NotImplementedError(f"unsupported database dialect {dialect!r}: use SQLite or PostgreSQL")
 
 
 # --- Claims -------------------------------------------------------------------------------------
