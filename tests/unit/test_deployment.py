@@ -91,3 +91,9 @@ def test_dockerfiles_install_the_package() -> None:
         for package in ("cxr_triage", "db", "dicom_node", "worker", "training"):
             assert f"COPY {package} " in text, (dockerfile, package)
     assert "nvidia/cuda" in (ROOT / "docker" / "Dockerfile.gpu").read_text()
+
+
+def test_readme_lists_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(name for name in settings_read_by_code() if f"`{name}`" not in readme)
+    assert not missing, f"README configuration table lacks {missing}"
