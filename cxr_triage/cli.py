@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "dicom_node.cli",
     "training.cli",
     "worker.cli",
+    "worker.rescore_cli",
     "db.cli",
     "cxr_triage.app_cli",
 )

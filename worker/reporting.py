@@ -104,15 +104,16 @@ def _headers(view: StudyView, best: ImageResult) -> list[Dataset]:
 
 
 def _write(view: StudyView, best: ImageResult, identity: ModelIdentity,
-           previous: Report | None, options: ReportOptions) -> tuple[Path, Dataset]:
+           previous: Report | None, options: ReportOptions,
+           supersedes: Report | None = None) -> tuple[Path, Dataset]:
     """Build and write the SR file named after its SOP Instance UID."""
     headers = _headers(view, best)
     finding = StudyFinding(
         best.decision, best.probability_mean, best.probability_std,
         tuple(str(ds.SOPInstanceUID) for ds in headers), best.fold_probabilities)
-    predecessor = None if previous is None else PredecessorRef(
-        previous.sr_study_instance_uid, previous.sr_series_instance_uid,
-        previous.sr_sop_instance_uid)
+    linked = previous or supersedes
+    predecessor = None if linked is None else PredecessorRef(
+        linked.sr_study_instance_uid, linked.sr_series_instance_uid, linked.sr_sop_instance_uid)
     sop_uid = generate_uid()
     sr = build_triage_sr(
         headers, finding, identity, manufacturer=MANUFACTURER, predecessor=predecessor,
@@ -127,9 +128,11 @@ def _write(view: StudyView, best: ImageResult, identity: ModelIdentity,
 
 def _record(sessions: sessionmaker[Session], view: StudyView, best: ImageResult,
             model_version: str, previous: Report | None, path: Path, sr: Dataset,
-            destinations: Sequence[Destination], options: ReportOptions) -> int | None:
+            destinations: Sequence[Destination], options: ReportOptions,
+            supersedes: Report | None = None) -> int | None:
     finding_priority = StudyFinding(best.decision, best.probability_mean,
                                     best.probability_std, (best.sop_instance_uid,)).priority
+    linked = previous or supersedes
     with sessions.begin() as session:
         report_id = insert_report(session, {
             "study_id": view.study.id, "model_version": model_version,
@@ -141,7 +144,7 @@ def _record(sessions: sessionmaker[Session], view: StudyView, best: ImageResult,
             "sr_study_instance_uid": str(sr.StudyInstanceUID),
             "sr_series_instance_uid": str(sr.SeriesInstanceUID),
             "sr_sop_instance_uid": str(sr.SOPInstanceUID), "file_path": str(path),
-            "predecessor_id": None if previous is None else previous.id,
+            "predecessor_id": None if linked is None else linked.id,
             "worker_host": options.worker_host,
         })
         if report_id is not None:
@@ -151,12 +154,14 @@ def _record(sessions: sessionmaker[Session], view: StudyView, best: ImageResult,
 
 def report_study(sessions: sessionmaker[Session], study_id: int, *, identity: ModelIdentity,
                  model_version: str, destinations: Sequence[Destination],
-                 options: ReportOptions, now: dt.datetime | None = None) -> ReportOutcome:
+                 options: ReportOptions, now: dt.datetime | None = None,
+                 supersedes: Report | None = None) -> ReportOutcome:
     """Write the study's report if it is quiet and its result is new (idempotent).
 
     The study result is that of its most suspicious scored image (``study_result``). A new
     revision is written only when the decision differs from the latest revision's under the
-    same model version.
+    same model version. ``supersedes`` (``cxr-triage rescore``): a report of another model
+    version that the first report under this one names as its predecessor.
     """
     now = now or utcnow()
     with sessions() as session:
@@ -176,9 +181,9 @@ def report_study(sessions: sessionmaker[Session], study_id: int, *, identity: Mo
     best = study_result([image_result(i, s) for i, s in view.scored])
     if previous is not None and previous.decision == best.decision.value:
         return ReportOutcome(ReportAction.UNCHANGED, report_id=previous.id)
-    path, sr = _write(view, best, identity, previous, options)
+    path, sr = _write(view, best, identity, previous, options, supersedes)
     report_id = _record(sessions, view, best, model_version, previous, path, sr,
-                        destinations, options)
+                        destinations, options, supersedes)
     if report_id is None:
         path.unlink(missing_ok=True)
         logger.info("study %s: another task wrote this revision first", uid)

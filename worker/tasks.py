@@ -51,6 +51,9 @@ class TriageTask(Task):
 
 def register_tasks(app: Celery, context: WorkerContext) -> None:
     """Define the three tasks on ``app``, bound to ``context``."""
+    from worker.rescore_task import register_rescore_task  # cxr_triage.rescore_batch
+
+    register_rescore_task(app, context)
 
     @app.task(name=TASK_SCORE_INSTANCE, bind=True, base=TriageTask, context=context,
               **_DB_RETRY)

@@ -48,6 +48,7 @@ class NodeProcess:
 
     def start(self, timeout: float = 60.0) -> NodeProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cxr_triage", "node"],
@@ -57,7 +58,7 @@ class NodeProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"node exited with {self.process.returncode}:\n{self.log()}")
-            if "listening on" in self.log():
+            if "listening on" in self.log()[offset:]:
                 return self
             time.sleep(0.2)
         raise TimeoutError(f"node did not start in {timeout} s:\n{self.log()}")

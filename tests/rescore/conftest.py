@@ -1,0 +1,94 @@
+"""Fixtures for the rescore tests: a second tiny ensemble, the CLI as a subprocess, queries.
+
+The worker suite's fixtures (``sessions``, ``add_instance``, ``tiny_ensemble``) are reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydicom.uid import generate_uid
+from sqlalchemy import create_engine, text
+
+from tests.support import dicomgen
+from tests.worker.conftest import (  # noqa: F401  (fixtures)
+    add_instance,
+    build_ensemble,
+    sessions,
+    tiny_ensemble,
+)
+from training.manifest import load_manifest, write_manifest
+from training.preprocessing import preprocess
+from worker.ensemble import Ensemble
+
+
+def write_study(directory: Path, count: int, brightness: float) -> list[Path]:
+    """``count`` radiographs of one study whose pixel values span ``brightness`` of 12 bits."""
+    study_uid, series_uid = generate_uid(), generate_uid()
+    files = []
+    for index in range(count):
+        ds = dicomgen.radiograph(study_uid=study_uid, series_uid=series_uid, seed=index)
+        rng = np.random.default_rng(index)
+        top = max(2, int(4095 * brightness))
+        ds.PixelData = rng.integers(0, top, size=(ds.Rows, ds.Columns),
+                                    dtype=np.uint16).tobytes()
+        files.append(dicomgen.write(ds, directory / f"{index:04d}.dcm"))
+    return files
+
+
+def set_threshold(model_dir: Path, threshold: float) -> None:
+    """Rewrite the manifest's threshold (the model version, from the fold hashes, stays)."""
+    manifest = load_manifest(model_dir)
+    write_manifest(model_dir, dataclasses.replace(manifest, threshold=threshold))
+
+
+def ensemble_means(model_dir: Path, files: Sequence[Path]) -> list[float]:
+    """The ensemble's mean probability of each file, as the rescore computes it."""
+    torch.set_num_threads(1)
+    ensemble = Ensemble.load(model_dir, device="cpu")
+    batch = torch.stack([preprocess(path, ensemble.config) for path in files])
+    return list(ensemble.predict(batch).mean)
+
+
+def cli_env(tmp_path: Path, db_url: str, model_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment of a ``cxr-triage`` subprocess on the test's database."""
+    return {
+        **os.environ,
+        "TRIAGE_VAR_DIR": str(tmp_path / "var"),
+        "TRIAGE_DB_URL": db_url,
+        "TRIAGE_BROKER_URL": "filesystem://",
+        "TRIAGE_BROKER_DIR": str(tmp_path / "broker"),
+        "TRIAGE_MODEL_DIR": str(model_dir),
+        "TRIAGE_SR_DIR": str(tmp_path / "sr"),
+        "TRIAGE_CALLING_AE": "CXR_TRIAGE",
+        "TRIAGE_STUDY_QUIET_S": "0",
+        "TRIAGE_TORCH_THREADS": "1",
+        "TRIAGE_DEVICE": "cpu",
+        "TRIAGE_RESCORE_WORKERS": "1",
+        "TRIAGE_RESCORE_BATCH": "4",
+        **extra,
+    }
+
+
+def cli(env: Mapping[str, str], *args: str,
+        timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m cxr_triage ARGS`` and return the finished process."""
+    return subprocess.run([sys.executable, "-m", "cxr_triage", *args], env=dict(env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def query(db_url: str, sql: str) -> list[tuple[object, ...]]:
+    """Rows of one query."""
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(sql))]
+    finally:
+        engine.dispose()

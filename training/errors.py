@@ -1,0 +1,7 @@
+"""The training package's exception."""
+
+from cxr_triage.errors import TriageError
+
+
+class TrainingError(TriageError):
+    """Training or evaluation cannot go on; the message names the file or class and what to do."""

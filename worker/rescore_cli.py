@@ -1,0 +1,163 @@
+"""``cxr-triage rescore`` and ``cxr-triage drift`` (docs/rescore.md).
+
+Exit codes (for cron): rescore 0 success, 3 partial (some instances could not be scored or
+some reports not written or delivered), 1 failure, 130 interrupted, 2 usage error;
+drift 0 no drift, 4 drift beyond a threshold, 1 failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from cxr_triage.errors import TriageError
+from worker.rescore_report import SendMode
+from worker.rescore_settings import RescoreSettings
+from worker.settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILURE, EXIT_PARTIAL, EXIT_DRIFT = 0, 1, 3, 4
+
+
+@contextmanager
+def _sessions(url: str) -> Iterator[sessionmaker[Session]]:
+    from db.migrate import upgrade
+    from db.session import make_session_factory
+    from worker.runtime import make_worker_engine
+
+    engine = make_worker_engine(url)
+    try:
+        upgrade(engine)
+        yield make_session_factory(engine)
+    finally:
+        engine.dispose()
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from exc
+
+
+def _settings(args: argparse.Namespace) -> tuple[WorkerSettings, RescoreSettings]:
+    worker, rescore = WorkerSettings.from_env(), RescoreSettings.from_env()
+    if args.model:
+        worker = dataclasses.replace(worker, model_dir=Path(args.model))
+    overrides = {k: v for k, v in (("batch", args.batch_size), ("loader_workers", args.workers))
+                 if v is not None}
+    return worker, dataclasses.replace(rescore, **overrides) if overrides else rescore
+
+
+def _rescore(args: argparse.Namespace) -> int:
+    from db.runs import Selection
+    from worker.broker import make_celery
+    from worker.rescore import RescoreRequest, run_rescore
+    from worker.rescore_summary import print_summary
+
+    worker, settings = _settings(args)
+    request = RescoreRequest(
+        model_dir=worker.model_dir,
+        selection=Selection(since=args.since, until=args.until, study_uids=tuple(args.study),
+                            only_unscored=args.only_unscored),
+        send=SendMode(args.send), dry_run=args.dry_run, distributed=args.distributed,
+        retry_failed=args.retry_failed)
+    brokers: list[Celery] = []
+
+    def broker() -> Celery:
+        if not brokers:
+            brokers.append(make_celery(worker.broker))
+        return brokers[0]
+
+    try:
+        with _sessions(worker.db.url) as sessions:
+            result = run_rescore(sessions, request, worker=worker, settings=settings,
+                                 broker=broker)
+    except TriageError as exc:
+        print(f"cxr-triage rescore: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print_summary(result, dry_run=args.dry_run)
+    return result.exit_code
+
+
+def _drift(args: argparse.Namespace) -> int:
+    from db.runs import finished_runs
+    from worker.drift import Thresholds, drift_rows, format_table, latest_per_version, plot
+    from worker.rescore_summary import run_stats
+
+    settings = RescoreSettings.from_env()
+    limits = Thresholds(
+        psi=settings.drift_psi if args.threshold is None else args.threshold,
+        ks=settings.drift_ks if args.ks_threshold is None else args.ks_threshold,
+        rate=settings.drift_rate if args.rate_threshold is None else args.rate_threshold)
+    with _sessions(WorkerSettings.from_env().db.url) as sessions, sessions() as session:
+        runs = [run_stats(run) for run in finished_runs(session, args.runs)]
+    if len(runs) < 2:
+        print(f"drift: {len(runs)} finished rescore run(s); need 2 to compare")
+        return EXIT_OK
+    rows = drift_rows(runs, limits, baseline=args.baseline)
+    print(f"Runs (each against {'the first' if args.baseline == 'first' else 'the previous'}):")
+    print(format_table(rows))
+    versions = latest_per_version(runs)
+    if len(versions) > 1:
+        print("\nModel versions (latest run of each against the version before):")
+        print(format_table(drift_rows(versions, limits)))
+        rows += drift_rows(versions, limits)[1:]
+    if args.out:
+        print(f"\nplot: {plot(runs, Path(args.out))}")
+    warned = [row for row in rows if row.warnings]
+    for row in warned:
+        assert row.baseline is not None
+        print(f"WARNING: drift: run {row.run.run_id} ({row.run.model_version}) vs run "
+              f"{row.baseline.run_id} ({row.baseline.model_version}): "
+              + "; ".join(row.warnings))
+    return EXIT_DRIFT if warned else EXIT_OK
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``rescore`` and ``drift``."""
+    rescore = subparsers.add_parser(
+        "rescore", help="score stored instances with an ensemble; SRs for changed studies")
+    rescore.add_argument("--since", type=_date, help="received on or after DATE (UTC)")
+    rescore.add_argument("--until", type=_date, help="received on or before DATE (UTC)")
+    rescore.add_argument("--study", action="append", default=[], metavar="UID",
+                         help="only this Study Instance UID (repeatable)")
+    rescore.add_argument("--model", metavar="DIR", help="ensemble (default TRIAGE_MODEL_DIR)")
+    rescore.add_argument("--only-unscored", action="store_true",
+                         help="only instances no other model version has scored")
+    rescore.add_argument("--send", choices=[m.value for m in SendMode],
+                         default=SendMode.CHANGED.value,
+                         help="which studies get a new SR (default changed)")
+    rescore.add_argument("--dry-run", action="store_true",
+                         help="show what would be scored; change nothing")
+    rescore.add_argument("--distributed", action="store_true",
+                         help="publish batches to the score queue for the workers")
+    rescore.add_argument("--batch-size", type=int, help="default TRIAGE_RESCORE_BATCH (8)")
+    rescore.add_argument("--workers", type=int,
+                         help="decoding processes (default TRIAGE_RESCORE_WORKERS, 2)")
+    rescore.add_argument("--retry-failed", action="store_true",
+                         help="try again instances an earlier run could not score")
+    rescore.set_defaults(func=_rescore)
+
+    drift = subparsers.add_parser("drift", help="compare the score distributions of rescore runs")
+    drift.add_argument("--runs", type=int, default=10, help="last N finished runs (default 10)")
+    drift.add_argument("--out", metavar="PNG", help="write histograms and ECDFs here")
+    drift.add_argument("--threshold", type=float,
+                       help="PSI warning threshold (default TRIAGE_DRIFT_PSI_THRESHOLD, 0.2)")
+    drift.add_argument("--ks-threshold", type=float,
+                       help="KS warning threshold (default TRIAGE_DRIFT_KS_THRESHOLD, 0.2)")
+    drift.add_argument("--rate-threshold", type=float, help="indeterminate-rate change "
+                       "warning threshold (default TRIAGE_DRIFT_RATE_THRESHOLD, 0.05)")
+    drift.add_argument("--baseline", choices=["previous", "first"], default="previous",
+                       help="compare each run with the previous one or the first one")
+    drift.set_defaults(func=_drift)
