@@ -26,7 +26,8 @@ TEST_INPUT_SIZE = 64
 
 
 def build_ensemble(directory: Path, *, folds: int = 2, threshold: float = 0.0,
-                   seed: int = 0, label: str = "tiny test ensemble") -> Path:
+                   seed: int = 0, label: str = "tiny test ensemble",
+                   input_size: int = TEST_INPUT_SIZE) -> Path:
     """Random-weight ResNet-50 folds at 64 px with a real ``ensemble.json`` (training's writer).
 
     ``threshold`` 0.0 makes every image ``suspected``, which keeps end-to-end tests exact.
@@ -39,8 +40,8 @@ def build_ensemble(directory: Path, *, folds: int = 2, threshold: float = 0.0,
         save_fold_model(build_resnet50(num_classes=2), path, {"fold": str(index)})
         entries.append(FoldEntry(index, path.name, file_sha256(path), {}))
     write_manifest(directory, EnsembleManifest(
-        architecture="resnet50", input_size=TEST_INPUT_SIZE,
-        preprocessing=PreprocessConfig(size=TEST_INPUT_SIZE).to_dict(),
+        architecture="resnet50", input_size=input_size,
+        preprocessing=PreprocessConfig(size=input_size).to_dict(),
         class_names=["normal", "covid"], positive_class="covid", threshold=threshold,
         threshold_target_sensitivity=0.95, threshold_oof_specificity=0.5, folds=entries,
         dataset_fingerprint="0" * 64, seed=seed, package_version=cxr_triage.__version__,
