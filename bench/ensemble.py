@@ -14,7 +14,6 @@ Random weights say nothing about bf16 agreement; judge that on trained weights.
 from __future__ import annotations
 
 import argparse
-import copy
 import tempfile
 import time
 from collections.abc import Callable
@@ -69,14 +68,27 @@ def naive(folds: int) -> Callable[[torch.Tensor], object]:
     return run
 
 
-def bf16(ensemble: Ensemble) -> Callable[[torch.Tensor], object]:
-    models = [copy.deepcopy(m).to(torch.bfloat16) for m in ensemble.models]
-
-    def run(x: torch.Tensor) -> object:
-        with torch.inference_mode():
-            xb = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-            return torch.stack([torch.softmax(m(xb).float(), dim=1)[:, 1] for m in models])
-    return run
+def agreement(model_dir: Path, count: int) -> None:
+    """fp32 against bf16 on real images with trained weights: largest |Δp|, equal decisions."""
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    images = sorted((shared / "cxr").glob("*/*.png"))
+    images = images[:: max(1, len(images) // count)][:count]
+    images += sorted((shared / "dicom").glob("*.dcm"))
+    exact = Ensemble.load(model_dir, device="cpu")
+    fast = Ensemble.load(model_dir, device="cpu", precision="bf16")
+    tensors = torch.stack([exact.preprocess(path) for path in images])
+    p32: list[float] = []
+    p16: list[float] = []
+    for start in range(0, len(images), 8):
+        batch = tensors[start:start + 8]
+        p32 += exact.predict(batch).mean
+        p16 += fast.predict(batch).mean
+    delta = [abs(a - b) for a, b in zip(p32, p16, strict=True)]
+    threshold = exact.threshold
+    same = sum((a >= threshold) == (b >= threshold) for a, b in zip(p32, p16, strict=True))
+    print(f"\nbf16 vs fp32 on {len(images)} real images ({model_dir}, threshold {threshold:.4f}):"
+          f" max |Δp| {max(delta):.4f}, mean |Δp| {sum(delta) / len(delta):.4f}, "
+          f"decisions equal {same}/{len(images)}")
 
 
 def main() -> int:
@@ -86,6 +98,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--images", type=int, default=16, help="images timed per variant")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--model", type=Path,
+                        help="trained ensemble: also compare bf16 with fp32 on real images")
+    parser.add_argument("--agreement-images", type=int, default=96)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,6 +110,7 @@ def main() -> int:
         started = time.perf_counter()
         ensemble = Ensemble.load(Path(tmp), device="cpu", torch_threads=args.threads)
         load_s = time.perf_counter() - started
+        fast = Ensemble.load(Path(tmp), device="cpu", precision="bf16")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.folds} folds, "
           f"{args.size} px; ensemble load incl. sha256 checks: {load_s:.1f} s")
     small = max(args.batch // 2, 4)
@@ -104,13 +120,15 @@ def main() -> int:
             ensemble.predict, 1, args.size, small),
         f"worker Ensemble fp32 channels_last, batch {args.batch}": images_per_second(
             ensemble.predict, args.batch, args.size, args.images),
-        f"bf16 weights + channels_last, batch {args.batch}": images_per_second(
-            bf16(ensemble), args.batch, args.size, args.images),
+        f"worker Ensemble bf16 channels_last, batch {args.batch}": images_per_second(
+            fast.predict, args.batch, args.size, args.images),
     }
     baseline = results["naive fp32 loop, batch 1"]
     print(f"{'variant':50s} {'img/s':>7s} {'vs naive':>9s}")
     for name, rate in results.items():
         print(f"{name:50s} {rate:7.2f} {rate / baseline:8.2f}x")
+    if args.model is not None:
+        agreement(args.model, args.agreement_images)
     return 0
 
 

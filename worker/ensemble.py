@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_ALGORITHM_NAME = "cxr-triage COVID-19 ensemble"
 
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
 class EnsembleError(TriageError):
     """The ensemble can't be loaded or run."""
 
@@ -74,8 +77,10 @@ class Ensemble:
     """The loaded fold models of one manifest, on one device, in eval mode."""
 
     def __init__(self, manifest: EnsembleManifest, models: Sequence[nn.Module], device: str,
-                 directory: Path) -> None:
+                 directory: Path, precision: str = "fp32") -> None:
         self.manifest = manifest
+        self.precision = precision
+        self.dtype = PRECISIONS[precision]
         self.models = list(models)
         self.device = device
         self.directory = directory
@@ -91,8 +96,15 @@ class Ensemble:
         return float(self.manifest.threshold)
 
     @classmethod
-    def load(cls, model_dir: Path, *, device: str = "auto", torch_threads: int = 0) -> Ensemble:
-        """Read the manifest, check every fold's SHA-256, load the folds onto ``device``."""
+    def load(cls, model_dir: Path, *, device: str = "auto", torch_threads: int = 0,
+             precision: str = "fp32") -> Ensemble:
+        """Read the manifest, check every fold's SHA-256, load the folds onto ``device``.
+
+        ``precision`` ``bf16`` casts the weights to bfloat16 (about 2x faster on CPUs with
+        AVX-512 BF16, PERF-NOTES); ``fp32`` is the exact reference.
+        """
+        if precision not in PRECISIONS:
+            raise EnsembleError(f"inference precision {precision!r}: use fp32 or bf16")
         started = time.monotonic()
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
@@ -104,11 +116,12 @@ class Ensemble:
         models = []
         for path in manifest.fold_paths(Path(model_dir)):
             model = load_fold_model(path, num_classes=len(manifest.class_names), device=target)
-            models.append(model.to(memory_format=torch.channels_last))
-        logger.info("ensemble %s: %d folds loaded on %s in %.1f s (threads %d)",
-                    manifest.model_version, len(models), target, time.monotonic() - started,
-                    torch.get_num_threads())
-        return cls(manifest, models, target, Path(model_dir))
+            model = model.to(memory_format=torch.channels_last, dtype=PRECISIONS[precision])
+            models.append(model)
+        logger.info("ensemble %s: %d folds loaded on %s (%s) in %.1f s (threads %d)",
+                    manifest.model_version, len(models), target, precision,
+                    time.monotonic() - started, torch.get_num_threads())
+        return cls(manifest, models, target, Path(model_dir), precision)
 
     def preprocess(self, path: Path) -> torch.Tensor:
         """One image file to its (3, size, size) model tensor (training's code path)."""
@@ -121,7 +134,8 @@ class Ensemble:
             raise EnsembleError(f"expected a non-empty (B, 3, H, W) batch, got {batch.shape}")
         positive = self.manifest.positive_index
         with torch.inference_mode():
-            x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+            x = batch.to(self.device, dtype=self.dtype).contiguous(
+                memory_format=torch.channels_last)
             probs = torch.stack(
                 [torch.softmax(model(x).float(), dim=1)[:, positive] for model in self.models]
             ).cpu()  # (folds, batch)

@@ -81,7 +81,8 @@ class WorkerContext:
             if self._ensemble is None:
                 self._ensemble = Ensemble.load(
                     self.settings.model_dir, device=self.settings.device,
-                    torch_threads=self.settings.torch_threads)
+                    torch_threads=self.settings.torch_threads,
+                    precision=self.settings.inference_precision)
                 self._manifest = self._ensemble.manifest
             return self._ensemble
 

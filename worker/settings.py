@@ -37,6 +37,7 @@ class WorkerSettings:
     score_batch : images scored together in one forward pass.
     torch_threads : intra-op threads per scoring process; 0 keeps torch's default.
     device : ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    inference_precision : ``fp32`` (exact reference) or ``bf16`` weights and activations.
     score_concurrency, deliver_concurrency : processes of a worker on those queues.
     score_lease_s : a ``scoring`` claim older than this may be taken over by another task.
     delivery_max_attempts : C-STORE attempts before a delivery is ``failed``.
@@ -55,6 +56,7 @@ class WorkerSettings:
     score_batch: int = 8
     torch_threads: int = 0
     device: str = "auto"
+    inference_precision: str = "fp32"
     score_concurrency: int = 1
     deliver_concurrency: int = 2
     score_lease_s: float = 600.0
@@ -73,6 +75,9 @@ class WorkerSettings:
                      "delivery_max_attempts"):
             if getattr(self, name) < 1:
                 raise SettingError(f"TRIAGE_{name.upper()} must be at least 1")
+        if self.inference_precision not in ("fp32", "bf16"):
+            raise SettingError(f"TRIAGE_INFERENCE_PRECISION={self.inference_precision!r}; "
+                               "use fp32 or bf16")
         if self.torch_threads < 0:
             raise SettingError("TRIAGE_TORCH_THREADS must be 0 (torch default) or more")
 
@@ -95,6 +100,7 @@ class WorkerSettings:
             score_batch=env_int(env, "SCORE_BATCH", 8),
             torch_threads=env_int(env, "TORCH_THREADS", 0),
             device=env_str(env, "DEVICE", "auto").lower(),
+            inference_precision=env_str(env, "INFERENCE_PRECISION", "fp32").lower(),
             score_concurrency=env_int(env, "SCORE_CONCURRENCY", 1),
             deliver_concurrency=env_int(env, "DELIVER_CONCURRENCY", 2),
             score_lease_s=env_float(env, "SCORE_LEASE_S", 600.0),

@@ -67,3 +67,16 @@ def test_model_identity_comes_from_the_manifest(tiny_ensemble: Path) -> None:
     assert identity.version == manifest.model_version
     assert identity.not_for_clinical_use is True
     assert len(identity.ensemble_hash) == 64
+
+
+def test_bf16_inference_close_to_fp32(tiny_ensemble: Path) -> None:
+    torch.manual_seed(0)
+    batch = torch.randn(3, 3, 64, 64)
+    exact = Ensemble.load(tiny_ensemble, device="cpu").predict(batch)
+    fast = Ensemble.load(tiny_ensemble, device="cpu", precision="bf16").predict(batch)
+    assert max(abs(a - b) for a, b in zip(exact.mean, fast.mean, strict=True)) < 0.05
+
+
+def test_unknown_precision_is_refused(tiny_ensemble: Path) -> None:
+    with pytest.raises(EnsembleError, match="fp32 or bf16"):
+        Ensemble.load(tiny_ensemble, precision="int3")
