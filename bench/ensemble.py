@@ -68,14 +68,15 @@ def naive(folds: int) -> Callable[[torch.Tensor], object]:
     return run
 
 
-def agreement(model_dir: Path, count: int) -> None:
-    """fp32 against bf16 on real images with trained weights: largest |Δp|, equal decisions."""
+def agreement(model_dir: Path, count: int, backend: str) -> None:
+    """fp32 torch against bf16 ``backend`` on real images with trained weights."""
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     images = sorted((shared / "cxr").glob("*/*.png"))
     images = images[:: max(1, len(images) // count)][:count]
     images += sorted((shared / "dicom").glob("*.dcm"))
     exact = Ensemble.load(model_dir, device="cpu")
-    fast = Ensemble.load(model_dir, device="cpu", precision="bf16")
+    fast = Ensemble.load(model_dir, device="cpu", precision="bf16", backend=backend,
+                         cache_dir=Path(tempfile.mkdtemp(prefix="cxr-ov-")))
     tensors = torch.stack([exact.preprocess(path) for path in images])
     p32: list[float] = []
     p16: list[float] = []
@@ -86,8 +87,8 @@ def agreement(model_dir: Path, count: int) -> None:
     delta = [abs(a - b) for a, b in zip(p32, p16, strict=True)]
     threshold = exact.threshold
     same = sum((a >= threshold) == (b >= threshold) for a, b in zip(p32, p16, strict=True))
-    print(f"\nbf16 vs fp32 on {len(images)} real images ({model_dir}, threshold {threshold:.4f}):"
-          f" max |Δp| {max(delta):.4f}, mean |Δp| {sum(delta) / len(delta):.4f}, "
+    print(f"\n{backend} bf16 vs torch fp32 on {len(images)} real images ({model_dir}, "
+          f"threshold {threshold:.4f}): max |Δp| {max(delta):.4f}, mean |Δp| {sum(delta) / len(delta):.4f}, "
           f"decisions equal {same}/{len(images)}")
 
 
@@ -101,6 +102,8 @@ def main() -> int:
     parser.add_argument("--model", type=Path,
                         help="trained ensemble: also compare bf16 with fp32 on real images")
     parser.add_argument("--agreement-images", type=int, default=96)
+    parser.add_argument("--openvino", action="store_true",
+                        help="also time the OpenVINO backend (fp32 and bf16)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -111,6 +114,13 @@ def main() -> int:
         ensemble = Ensemble.load(Path(tmp), device="cpu", torch_threads=args.threads)
         load_s = time.perf_counter() - started
         fast = Ensemble.load(Path(tmp), device="cpu", precision="bf16")
+        variants = {}
+        if args.openvino:
+            for precision in ("fp32", "bf16"):
+                variants[f"worker Ensemble OpenVINO {precision}, batch {args.batch}"] = (
+                    Ensemble.load(Path(tmp), device="cpu", precision=precision,
+                                  backend="openvino", cache_dir=Path(tmp) / "ov",
+                                  torch_threads=args.threads))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.folds} folds, "
           f"{args.size} px; ensemble load incl. sha256 checks: {load_s:.1f} s")
     small = max(args.batch // 2, 4)
@@ -123,12 +133,15 @@ def main() -> int:
         f"worker Ensemble bf16 channels_last, batch {args.batch}": images_per_second(
             fast.predict, args.batch, args.size, args.images),
     }
+    for name, compiled in variants.items():
+        results[name] = images_per_second(compiled.predict, args.batch, args.size, args.images)
     baseline = results["naive fp32 loop, batch 1"]
     print(f"{'variant':50s} {'img/s':>7s} {'vs naive':>9s}")
     for name, rate in results.items():
         print(f"{name:50s} {rate:7.2f} {rate / baseline:8.2f}x")
     if args.model is not None:
-        agreement(args.model, args.agreement_images)
+        for backend in ("torch", "openvino") if args.openvino else ("torch",):
+            agreement(args.model, args.agreement_images, backend)
     return 0
 
 

@@ -20,6 +20,7 @@ from cxr_triage.errors import TriageError
 from training.manifest import EnsembleManifest, load_manifest
 from training.model import ARCHITECTURE, load_fold_model
 from training.preprocessing import PreprocessConfig, load_unit_image, to_model_tensor
+from worker.openvino_backend import Runner, compile_ensemble
 from worker.sr import ModelIdentity
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ DEFAULT_ALGORITHM_NAME = "cxr-triage COVID-19 ensemble"
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+BACKENDS = ("torch", "openvino")
 
 
 class EnsembleError(TriageError):
@@ -77,9 +79,10 @@ class Ensemble:
     """The loaded fold models of one manifest, on one device, in eval mode."""
 
     def __init__(self, manifest: EnsembleManifest, models: Sequence[nn.Module], device: str,
-                 directory: Path, precision: str = "fp32") -> None:
+                 directory: Path, precision: str = "fp32", runner: Runner | None = None) -> None:
         self.manifest = manifest
         self.precision = precision
+        self.runner = runner  # an accelerated graph of all folds (OpenVINO), else torch
         self.dtype = PRECISIONS[precision]
         self.models = list(models)
         self.device = device
@@ -97,14 +100,19 @@ class Ensemble:
 
     @classmethod
     def load(cls, model_dir: Path, *, device: str = "auto", torch_threads: int = 0,
-             precision: str = "fp32") -> Ensemble:
+             precision: str = "fp32", backend: str = "torch",
+             cache_dir: Path | None = None) -> Ensemble:
         """Read the manifest, check every fold's SHA-256, load the folds onto ``device``.
 
         ``precision`` ``bf16`` casts the weights to bfloat16 (about 2x faster on CPUs with
-        AVX-512 BF16, PERF-NOTES); ``fp32`` is the exact reference.
+        AVX-512 BF16, PERF-NOTES); ``fp32`` is the exact reference. ``backend`` ``openvino``
+        compiles all folds as one OpenVINO graph on the CPU (:mod:`worker.openvino_backend`),
+        cached in ``cache_dir``.
         """
         if precision not in PRECISIONS:
             raise EnsembleError(f"inference precision {precision!r}: use fp32 or bf16")
+        if backend not in BACKENDS:
+            raise EnsembleError(f"inference backend {backend!r}: use torch or openvino")
         started = time.monotonic()
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
@@ -116,12 +124,19 @@ class Ensemble:
         models = []
         for path in manifest.fold_paths(Path(model_dir)):
             model = load_fold_model(path, num_classes=len(manifest.class_names), device=target)
-            model = model.to(memory_format=torch.channels_last, dtype=PRECISIONS[precision])
-            models.append(model)
+            models.append(model.to(memory_format=torch.channels_last))
+        runner = None
+        if backend == "openvino" and target == "cpu":
+            runner = compile_ensemble(
+                models, positive=manifest.positive_index, size=manifest.input_size,
+                precision=precision, model_version=manifest.model_version,
+                cache_dir=cache_dir or Path(model_dir) / ".openvino", threads=torch_threads)
+        else:
+            models = [m.to(dtype=PRECISIONS[precision]) for m in models]
         logger.info("ensemble %s: %d folds loaded on %s (%s) in %.1f s (threads %d)",
                     manifest.model_version, len(models), target, precision,
                     time.monotonic() - started, torch.get_num_threads())
-        return cls(manifest, models, target, Path(model_dir), precision)
+        return cls(manifest, models, target, Path(model_dir), precision, runner)
 
     def preprocess(self, path: Path) -> torch.Tensor:
         """One image file to its (3, size, size) model tensor (training's code path)."""
@@ -134,11 +149,14 @@ class Ensemble:
             raise EnsembleError(f"expected a non-empty (B, 3, H, W) batch, got {batch.shape}")
         positive = self.manifest.positive_index
         with torch.inference_mode():
-            x = batch.to(self.device, dtype=self.dtype).contiguous(
-                memory_format=torch.channels_last)
-            probs = torch.stack(
-                [torch.softmax(model(x).float(), dim=1)[:, positive] for model in self.models]
-            ).cpu()  # (folds, batch)
+            if self.runner is not None:
+                probs = self.runner(batch)
+            else:
+                x = batch.to(self.device, dtype=self.dtype).contiguous(
+                    memory_format=torch.channels_last)
+                probs = torch.stack(
+                    [torch.softmax(model(x).float(), dim=1)[:, positive] for model in self.models]
+                ).cpu()  # (folds, batch)
         mean = probs.mean(dim=0)
         std = probs.std(dim=0, unbiased=False)
         return BatchPrediction(

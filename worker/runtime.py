@@ -82,7 +82,9 @@ class WorkerContext:
                 self._ensemble = Ensemble.load(
                     self.settings.model_dir, device=self.settings.device,
                     torch_threads=self.settings.torch_threads,
-                    precision=self.settings.inference_precision)
+                    precision=self.settings.inference_precision,
+                    backend=self.settings.inference_backend,
+                    cache_dir=self.settings.openvino_cache_dir)
                 self._manifest = self._ensemble.manifest
             return self._ensemble
 

@@ -38,6 +38,8 @@ class WorkerSettings:
     torch_threads : intra-op threads per scoring process; 0 keeps torch's default.
     device : ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
     inference_precision : ``fp32`` (exact reference) or ``bf16`` weights and activations.
+    inference_backend : ``torch`` (reference) or ``openvino`` (one compiled graph, CPU only).
+    openvino_cache_dir : where converted OpenVINO graphs are kept, per model version.
     score_concurrency, deliver_concurrency : processes of a worker on those queues.
     score_lease_s : a ``scoring`` claim older than this may be taken over by another task.
     delivery_max_attempts : C-STORE attempts before a delivery is ``failed``.
@@ -57,6 +59,8 @@ class WorkerSettings:
     torch_threads: int = 0
     device: str = "auto"
     inference_precision: str = "fp32"
+    inference_backend: str = "torch"
+    openvino_cache_dir: Path = Path("var/openvino")
     score_concurrency: int = 1
     deliver_concurrency: int = 2
     score_lease_s: float = 600.0
@@ -78,6 +82,9 @@ class WorkerSettings:
         if self.inference_precision not in ("fp32", "bf16"):
             raise SettingError(f"TRIAGE_INFERENCE_PRECISION={self.inference_precision!r}; "
                                "use fp32 or bf16")
+        if self.inference_backend not in ("torch", "openvino"):
+            raise SettingError(f"TRIAGE_INFERENCE_BACKEND={self.inference_backend!r}; "
+                               "use torch or openvino")
         if self.torch_threads < 0:
             raise SettingError("TRIAGE_TORCH_THREADS must be 0 (torch default) or more")
 
@@ -101,6 +108,8 @@ class WorkerSettings:
             torch_threads=env_int(env, "TORCH_THREADS", 0),
             device=env_str(env, "DEVICE", "auto").lower(),
             inference_precision=env_str(env, "INFERENCE_PRECISION", "fp32").lower(),
+            inference_backend=env_str(env, "INFERENCE_BACKEND", "torch").lower(),
+            openvino_cache_dir=env_path(env, "OPENVINO_CACHE_DIR", var / "openvino"),
             score_concurrency=env_int(env, "SCORE_CONCURRENCY", 1),
             deliver_concurrency=env_int(env, "DELIVER_CONCURRENCY", 2),
             score_lease_s=env_float(env, "SCORE_LEASE_S", 600.0),

@@ -80,3 +80,18 @@ def test_bf16_inference_close_to_fp32(tiny_ensemble: Path) -> None:
 def test_unknown_precision_is_refused(tiny_ensemble: Path) -> None:
     with pytest.raises(EnsembleError, match="fp32 or bf16"):
         Ensemble.load(tiny_ensemble, precision="int3")
+
+
+def test_openvino_backend_matches_torch(tiny_ensemble: Path, tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    batch = torch.randn(4, 3, 64, 64)
+    reference = Ensemble.load(tiny_ensemble, device="cpu").predict(batch)
+    cache = tmp_path / "ov"
+    for precision, tolerance in (("fp32", 1e-4), ("bf16", 0.05)):  # bf16 reads the cached graph
+        compiled = Ensemble.load(tiny_ensemble, device="cpu", precision=precision,
+                                 backend="openvino", cache_dir=cache)
+        assert compiled.runner is not None
+        result = compiled.predict(batch)
+        assert max(abs(a - b) for a, b in zip(reference.mean, result.mean, strict=True)) < (
+            tolerance), precision
+        assert len(list(cache.glob("*.xml"))) == 1
