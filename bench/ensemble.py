@@ -88,8 +88,8 @@ def agreement(model_dir: Path, count: int, backend: str) -> None:
     threshold = exact.threshold
     same = sum((a >= threshold) == (b >= threshold) for a, b in zip(p32, p16, strict=True))
     print(f"\n{backend} bf16 vs torch fp32 on {len(images)} real images ({model_dir}, "
-          f"threshold {threshold:.4f}): max |Δp| {max(delta):.4f}, mean |Δp| {sum(delta) / len(delta):.4f}, "
-          f"decisions equal {same}/{len(images)}")
+          f"threshold {threshold:.4f}): max |Δp| {max(delta):.4f}, "
+          f"mean |Δp| {sum(delta) / len(delta):.4f}, decisions equal {same}/{len(images)}")
 
 
 def main() -> int:
