@@ -80,8 +80,9 @@ def _report_text(model_dir: Path, data: Path, manifest: EnsembleManifest, rows: 
     ])
 
 
-def _plots(out: Path, rows: list[report.Row], per_fold: np.ndarray, mean: np.ndarray,
-           y: np.ndarray, manifest: EnsembleManifest, summary: dict[str, Any]) -> None:
+def _plots(out: Path, data: Path, rows: list[report.Row], per_fold: np.ndarray,
+           mean: np.ndarray, y: np.ndarray, manifest: EnsembleManifest,
+           summary: dict[str, Any]) -> None:
     report.plot_confusions(out / "confusion_matrix.png", rows[-2:], manifest.class_names)
     curves = [("ensemble", *roc(y, mean), summary["auc"])]
     report.plot_roc(out / "roc.png", curves,
@@ -89,7 +90,8 @@ def _plots(out: Path, rows: list[report.Row], per_fold: np.ndarray, mean: np.nda
                      f"threshold {manifest.threshold:.3f}"),
                     faint=[roc(y, p) for p in per_fold],
                     faint_label=f"single folds (AUC {summary['fold_auc_min']:.3f} to "
-                    f"{summary['fold_auc_max']:.3f})")
+                    f"{summary['fold_auc_max']:.3f})",
+                    title=f"ROC of the ensemble on {data.name}")
     report.plot_reliability(out / "reliability.png", y, mean, summary["brier"])
 
 
@@ -118,7 +120,7 @@ def evaluate_ensemble(model_dir: Path, data: Path, out: Path, *, device: str = "
     out.mkdir(parents=True, exist_ok=True)
     report.write_metrics_csv(out / "metrics.csv", rows)
     _write_predictions(out / "predictions.csv", samples, mean, std, manifest.threshold)
-    _plots(out, rows, per_fold, mean, y, manifest, summary)
+    _plots(out, data, rows, per_fold, mean, y, manifest, summary)
     (out / "report.md").write_text(_report_text(model_dir, data, manifest, rows, summary),
                                    encoding="utf-8")
     return summary

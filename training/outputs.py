@@ -121,7 +121,8 @@ def finish_run(settings: TrainingSettings, data: Prepared,
     fpr, tpr = roc(y_all, p_all)
     point_spec = threshold[2]
     report.plot_roc(out / "roc_oof.png", [("out-of-fold", fpr, tpr, rows[-1].auc)],
-                    (1 - point_spec, threshold[1], f"threshold {threshold[0]:.3f}"))
+                    (1 - point_spec, threshold[1], f"threshold {threshold[0]:.3f}"),
+                    title="ROC of the out-of-fold predictions (all folds pooled)")
     report.plot_reliability(out / "reliability_oof.png", y_all, p_all, brier(y_all, p_all))
     (out / "report.md").write_text(
         _report_text(settings, manifest, rows, threshold, len(data.samples)), encoding="utf-8")

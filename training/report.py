@@ -117,7 +117,8 @@ def plot_history(path: Path, histories: Sequence[Sequence[dict[str, float]]]) ->
 
 def plot_roc(path: Path, curves: Sequence[tuple[str, np.ndarray, np.ndarray, float]],
              operating_point: tuple[float, float, str] | None = None,
-             faint: Sequence[tuple[np.ndarray, np.ndarray]] = (), faint_label: str = "") -> None:
+             faint: Sequence[tuple[np.ndarray, np.ndarray]] = (), faint_label: str = "",
+             title: str = "ROC") -> None:
     """ROC curves ``(label, fpr, tpr, auc)``; optional marked point ``(fpr, tpr, label)``.
 
     ``faint`` curves (e.g. the single folds behind an ensemble) are drawn thin and grey
@@ -133,7 +134,7 @@ def plot_roc(path: Path, curves: Sequence[tuple[str, np.ndarray, np.ndarray, flo
         fpr_pt, tpr_pt, text = operating_point
         ax.plot([fpr_pt], [tpr_pt], "o", color="crimson", label=text)
     ax.set(xlabel="1 - specificity (false-positive rate)", ylabel="sensitivity",
-           title="ROC", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
+           title=title, xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
