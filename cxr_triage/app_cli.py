@@ -34,6 +34,13 @@ def _ping(args: argparse.Namespace) -> int:
     return 0 if matching else 1
 
 
+def _nightly(args: argparse.Namespace) -> int:
+    from cxr_triage.nightly import parse_at, run_nightly
+
+    command = [part for part in args.command_line if part != "--"]
+    return run_nightly(parse_at(args.at), command, once=args.once)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``up`` and ``demo``."""
     up = subparsers.add_parser(
@@ -58,3 +65,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ping.add_argument("--queue", choices=["score", "deliver"], help="only workers of this queue")
     ping.add_argument("--timeout", type=float, default=5.0)
     ping.set_defaults(func=_ping)
+
+    nightly = subparsers.add_parser(
+        "nightly", help="run a cxr-triage command every day at --at (the re-scoring service)")
+    nightly.add_argument("--at", default="02:00", help="local time HH:MM (default 02:00)")
+    nightly.add_argument("--once", action="store_true", help="run now, once, and exit")
+    nightly.add_argument("command_line", nargs=argparse.REMAINDER,
+                         help="-- then the command, e.g. -- rescore --send changed")
+    nightly.set_defaults(func=_nightly)

@@ -29,3 +29,20 @@ def test_synthetic_images_differ_by_class(tmp_path: Path) -> None:
     study = dicom_study(rng, covid=True, accession="X1", images=2)
     assert len(study) == 2 and study[0].StudyInstanceUID == study[1].StudyInstanceUID
     assert study[0].PatientName == "SYNTHETIC^X1" and study[0].ViewPosition == "PA"
+
+
+def test_nightly_schedule() -> None:
+    import datetime as dt
+
+    from cxr_triage.errors import TriageError
+    from cxr_triage.nightly import next_run, parse_at
+
+    at = parse_at("02:30")
+    assert next_run(dt.datetime(2026, 11, 26, 1, 0), at) == dt.datetime(2026, 11, 26, 2, 30)
+    assert next_run(dt.datetime(2026, 11, 26, 2, 30), at) == dt.datetime(2026, 11, 27, 2, 30)
+    with pytest.raises(TriageError, match="HH:MM"):
+        parse_at("2am")
+
+
+def test_nightly_once_runs_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["nightly", "--once", "--", "db", "--db-url", "sqlite://", "current"]) == 0

@@ -27,8 +27,8 @@ def _ours(service: dict[str, Any]) -> bool:
 
 def test_every_service_has_an_image_or_a_build(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"redis", "postgres", "orthanc", "node", "worker-gpu", "worker-deliver"} <= set(
-        services)
+    assert {"redis", "postgres", "orthanc", "node", "worker-gpu", "worker-deliver",
+            "rescore-nightly"} <= set(services)
     for name, service in services.items():
         assert "image" in service or "build" in service, name
         build = service.get("build")
@@ -78,7 +78,10 @@ def test_commands_are_real_cli_commands(compose: dict[str, Any]) -> None:
             continue
         args = parser.parse_args(service["command"])
         assert callable(args.func), name
-        test = service["healthcheck"]["test"]
+        if args.command == "nightly":  # the scheduled command must parse too
+            scheduled = [part for part in args.command_line if part != "--"]
+            assert callable(parser.parse_args(scheduled).func), name
+        test = service.get("healthcheck", {}).get("test", [])
         if test[:2] == ["CMD", "cxr-triage"]:
             assert callable(parser.parse_args(test[2:]).func), name
 
