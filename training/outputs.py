@@ -123,7 +123,8 @@ def finish_run(settings: TrainingSettings, data: Prepared,
     report.plot_roc(out / "roc_oof.png", [("out-of-fold", fpr, tpr, rows[-1].auc)],
                     (1 - point_spec, threshold[1], f"threshold {threshold[0]:.3f}"),
                     title="ROC of the out-of-fold predictions (all folds pooled)")
-    report.plot_reliability(out / "reliability_oof.png", y_all, p_all, brier(y_all, p_all))
+    report.plot_reliability(out / "reliability_oof.png", y_all, p_all, brier(y_all, p_all),
+                            label="out-of-fold", title="Reliability of the out-of-fold predictions")
     (out / "report.md").write_text(
         _report_text(settings, manifest, rows, threshold, len(data.samples)), encoding="utf-8")
     overall = binary_metrics(rows[-1].counts)

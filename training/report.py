@@ -142,14 +142,15 @@ def plot_roc(path: Path, curves: Sequence[tuple[str, np.ndarray, np.ndarray, flo
     plt.close(fig)
 
 
-def plot_reliability(path: Path, y_true: np.ndarray, scores: np.ndarray, brier: float) -> None:
+def plot_reliability(path: Path, y_true: np.ndarray, scores: np.ndarray, brier: float,
+                     label: str = "ensemble", title: str = "Reliability") -> None:
     """Reliability diagram: observed covid frequency per predicted-probability bin."""
     mean_pred, observed, counts = reliability(y_true, scores)
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), height_ratios=(3, 1), sharex=True)
     ax.plot([0, 1], [0, 1], color="grey", ls=":", label="perfect calibration")
     filled = counts > 0
-    ax.plot(mean_pred[filled], observed[filled], "o-", label=f"ensemble (Brier {brier:.4f})")
-    ax.set(ylabel="observed covid fraction", title="Reliability", ylim=(-0.02, 1.02))
+    ax.plot(mean_pred[filled], observed[filled], "o-", label=f"{label} (Brier {brier:.4f})")
+    ax.set(ylabel="observed covid fraction", title=title, ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     hist.bar(np.linspace(0.05, 0.95, len(counts)), counts, width=0.09, color="steelblue")
