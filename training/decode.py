@@ -1,9 +1,11 @@
 """Reduced-resolution decoding: decode no more pixels than the model will use.
 
 The model sees 224 px, but a CR is about 2000 x 2500. JPEG 2000 stores a wavelet pyramid, so
-its lower resolution levels can be decoded directly (PS3.5 A.4.4; ISO 15444-1 Annex B.5):
-1/8 of the size costs about 1/40 of the time (docs/benchmarks.md). Pillow's OpenJPEG decoder
-exposes that as ``reduce``. Anything else, or anything that fails, is decoded in full.
+its lower resolution levels can be decoded directly (PS3.5 A.4.4; ISO 15444-1 Annex B.5).
+Pillow's OpenJPEG decoder exposes that as ``reduce``. The preprocessing asks for at least twice
+the model input, then resizes as usual: stopping at the input size itself changed decisions
+(the wavelet low-pass is not the resize filter the model was trained with), twice the size did
+not (docs/benchmarks.md). Anything else, or anything that fails, is decoded in full.
 """
 
 from __future__ import annotations

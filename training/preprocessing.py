@@ -138,6 +138,11 @@ def _output_range(ds: Dataset) -> tuple[float, float]:
     return min(low, high), max(low, high)
 
 
+# Reduced JPEG 2000 decoding stops at twice the model input: the wavelet low-pass alone is a
+# different filter from the antialiased resize the model was trained with (bench/decode.py).
+REDUCED_DECODE_FACTOR = 2
+
+
 def _stored_grey(ds: Dataset, min_side: int | None = None) -> np.ndarray:
     """First frame of the stored pixel values as one grey plane.
 
@@ -175,9 +180,10 @@ def dicom_unit_image(
     integer indices). MONOCHROME1 (PS3.3 C.7.6.3.1.2) and Presentation LUT Shape INVERSE
     (C.11.6.1.2) both mean "invert"; DX files often carry both for the same inversion, so
     either one inverts once rather than the two cancelling. ``reduced_decode`` lets JPEG 2000
-    decode a lower resolution level that still covers ``size`` (:mod:`training.decode`).
+    decode a lower resolution level that still covers twice ``size`` (:mod:`training.decode`).
     """
-    arr = _stored_grey(ds, min_side=size if reduced_decode else None)
+    min_side = REDUCED_DECODE_FACTOR * size if reduced_decode and size else None
+    arr = _stored_grey(ds, min_side=min_side)
     tables = bool(ds.get("ModalityLUTSequence")) or bool(ds.get("VOILUTSequence"))
     if size is not None:
         arr = resize_array(arr, size, resize)

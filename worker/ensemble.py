@@ -6,6 +6,7 @@ serving); the manifest and fold files from ``training.manifest`` and ``training.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import time
@@ -29,6 +30,18 @@ DEFAULT_ALGORITHM_NAME = "cxr-triage COVID-19 ensemble"
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _torch_runner(models: Sequence[nn.Module], positive: int, device: str,
+                  dtype: torch.dtype) -> Runner:
+    """(B, 3, H, W) -> (folds, B) positive-class probabilities with torch models."""
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        x = batch.to(device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        return torch.stack(
+            [torch.softmax(model(x).float(), dim=1)[:, positive] for model in models]).cpu()
+
+    return run
 BACKENDS = ("torch", "openvino")
 
 
@@ -79,11 +92,12 @@ class Ensemble:
     """The loaded fold models of one manifest, on one device, in eval mode."""
 
     def __init__(self, manifest: EnsembleManifest, models: Sequence[nn.Module], device: str,
-                 directory: Path, precision: str = "fp32", runner: Runner | None = None) -> None:
+                 directory: Path, precision: str = "fp32", runner: Runner | None = None,
+                 exact_margin: float = 0.0) -> None:
         self.manifest = manifest
         self.precision = precision
-        self.runner = runner  # an accelerated graph of all folds (OpenVINO), else torch
-        self.dtype = PRECISIONS[precision]
+        self.runner = runner  # a faster approximate path (bf16 or OpenVINO), else None
+        self.exact_margin = exact_margin
         self.models = list(models)
         self.device = device
         self.directory = directory
@@ -101,13 +115,15 @@ class Ensemble:
     @classmethod
     def load(cls, model_dir: Path, *, device: str = "auto", torch_threads: int = 0,
              precision: str = "fp32", backend: str = "torch",
-             cache_dir: Path | None = None) -> Ensemble:
+             cache_dir: Path | None = None, exact_margin: float = 0.02) -> Ensemble:
         """Read the manifest, check every fold's SHA-256, load the folds onto ``device``.
 
         ``precision`` ``bf16`` casts the weights to bfloat16 (about 2x faster on CPUs with
         AVX-512 BF16, PERF-NOTES); ``fp32`` is the exact reference. ``backend`` ``openvino``
         compiles all folds as one OpenVINO graph on the CPU (:mod:`worker.openvino_backend`),
-        cached in ``cache_dir``.
+        cached in ``cache_dir``. With either, images whose mean lands within ``exact_margin`` of
+        the threshold are scored again with the fp32 models, so decisions match fp32 whenever
+        the fast path is off by less than the margin.
         """
         if precision not in PRECISIONS:
             raise EnsembleError(f"inference precision {precision!r}: use fp32 or bf16")
@@ -125,18 +141,19 @@ class Ensemble:
         for path in manifest.fold_paths(Path(model_dir)):
             model = load_fold_model(path, num_classes=len(manifest.class_names), device=target)
             models.append(model.to(memory_format=torch.channels_last))
-        runner = None
+        runner: Runner | None = None
         if backend == "openvino" and target == "cpu":
             runner = compile_ensemble(
                 models, positive=manifest.positive_index, size=manifest.input_size,
                 precision=precision, model_version=manifest.model_version,
                 cache_dir=cache_dir or Path(model_dir) / ".openvino", threads=torch_threads)
-        else:
-            models = [m.to(dtype=PRECISIONS[precision]) for m in models]
+        elif precision != "fp32":
+            fast = [copy.deepcopy(m).to(dtype=PRECISIONS[precision]) for m in models]
+            runner = _torch_runner(fast, manifest.positive_index, target, PRECISIONS[precision])
         logger.info("ensemble %s: %d folds loaded on %s (%s) in %.1f s (threads %d)",
                     manifest.model_version, len(models), target, precision,
                     time.monotonic() - started, torch.get_num_threads())
-        return cls(manifest, models, target, Path(model_dir), precision, runner)
+        return cls(manifest, models, target, Path(model_dir), precision, runner, exact_margin)
 
     def preprocess(self, path: Path) -> torch.Tensor:
         """One image file to its (3, size, size) model tensor (training's code path)."""
@@ -147,16 +164,16 @@ class Ensemble:
         """Run every fold on a (B, 3, H, W) batch and summarise the positive-class softmax."""
         if batch.ndim != 4 or batch.shape[0] == 0:
             raise EnsembleError(f"expected a non-empty (B, 3, H, W) batch, got {batch.shape}")
-        positive = self.manifest.positive_index
+        reference = _torch_runner(self.models, self.manifest.positive_index, self.device,
+                                  torch.float32)
         with torch.inference_mode():
-            if self.runner is not None:
-                probs = self.runner(batch)
+            if self.runner is None:
+                probs = reference(batch)
             else:
-                x = batch.to(self.device, dtype=self.dtype).contiguous(
-                    memory_format=torch.channels_last)
-                probs = torch.stack(
-                    [torch.softmax(model(x).float(), dim=1)[:, positive] for model in self.models]
-                ).cpu()  # (folds, batch)
+                probs = self.runner(batch)
+                close = (probs.mean(dim=0) - self.threshold).abs() < self.exact_margin
+                if bool(close.any()):  # near the threshold: let fp32 decide
+                    probs[:, close] = reference(batch[close])
         mean = probs.mean(dim=0)
         std = probs.std(dim=0, unbiased=False)
         return BatchPrediction(

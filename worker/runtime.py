@@ -84,7 +84,8 @@ class WorkerContext:
                     torch_threads=self.settings.torch_threads,
                     precision=self.settings.inference_precision,
                     backend=self.settings.inference_backend,
-                    cache_dir=self.settings.openvino_cache_dir)
+                    cache_dir=self.settings.openvino_cache_dir,
+                    exact_margin=self.settings.exact_margin)
                 self._manifest = self._ensemble.manifest
             return self._ensemble
 

@@ -40,6 +40,7 @@ class WorkerSettings:
     inference_precision : ``fp32`` (exact reference) or ``bf16`` weights and activations.
     inference_backend : ``torch`` (reference) or ``openvino`` (one compiled graph, CPU only).
     openvino_cache_dir : where converted OpenVINO graphs are kept, per model version.
+    exact_margin : with a fast path, images this close to the threshold are rescored in fp32.
     score_concurrency, deliver_concurrency : processes of a worker on those queues.
     score_lease_s : a ``scoring`` claim older than this may be taken over by another task.
     delivery_max_attempts : C-STORE attempts before a delivery is ``failed``.
@@ -60,6 +61,7 @@ class WorkerSettings:
     device: str = "auto"
     inference_precision: str = "fp32"
     inference_backend: str = "torch"
+    exact_margin: float = 0.02
     openvino_cache_dir: Path = Path("var/openvino")
     score_concurrency: int = 1
     deliver_concurrency: int = 2
@@ -109,6 +111,7 @@ class WorkerSettings:
             device=env_str(env, "DEVICE", "auto").lower(),
             inference_precision=env_str(env, "INFERENCE_PRECISION", "fp32").lower(),
             inference_backend=env_str(env, "INFERENCE_BACKEND", "torch").lower(),
+            exact_margin=env_float(env, "EXACT_MARGIN", 0.02),
             openvino_cache_dir=env_path(env, "OPENVINO_CACHE_DIR", var / "openvino"),
             score_concurrency=env_int(env, "SCORE_CONCURRENCY", 1),
             deliver_concurrency=env_int(env, "DELIVER_CONCURRENCY", 2),

@@ -95,3 +95,22 @@ def test_openvino_backend_matches_torch(tiny_ensemble: Path, tmp_path: Path) -> 
         assert max(abs(a - b) for a, b in zip(reference.mean, result.mean, strict=True)) < (
             tolerance), precision
         assert len(list(cache.glob("*.xml"))) == 1
+
+
+def test_images_near_the_threshold_are_decided_in_fp32(tiny_ensemble: Path,
+                                                       tmp_path: Path) -> None:
+    import json
+
+    torch.manual_seed(2)
+    batch = torch.randn(3, 3, 64, 64)
+    exact = Ensemble.load(tiny_ensemble, device="cpu").predict(batch)
+    near = tmp_path / "near"
+    shutil.copytree(tiny_ensemble, near)
+    manifest = json.loads((near / "ensemble.json").read_text())
+    manifest["threshold"] = exact.mean[0] + 1e-5  # image 0 sits on the decision boundary
+    (near / "ensemble.json").write_text(json.dumps(manifest))
+    fast = Ensemble.load(near, device="cpu", precision="bf16", exact_margin=0.02)
+    result = fast.predict(batch)
+    assert result.mean[0] == exact.mean[0]  # rescored by the fp32 models: bit-identical
+    rough = Ensemble.load(near, device="cpu", precision="bf16", exact_margin=0.0)
+    assert rough.predict(batch).mean[0] != exact.mean[0]  # the bf16 path alone differs
