@@ -1,6 +1,6 @@
 """Re-scoring throughput against the ensemble's own batched throughput, in one run.
 
-Run: ``.venv/bin/python bench/rescore.py [--images 16] [--workers 2] [--threads 0]``.
+Run: ``.venv/bin/python bench/rescore.py [--images 16] [--workers N] [--threads 0]``.
 
 Generates ``--images`` stored CR instances per transfer syntax (uncompressed 12-bit, and
 JPEG 2000 lossless when pylibjpeg-openjpeg can encode), records them in a SQLite database as
@@ -39,7 +39,7 @@ from training.data import file_sha256
 from worker.ensemble import Ensemble
 from worker.rescore import RescoreRequest, new_run, score_local
 from worker.rescore_scoring import ImageRef
-from worker.rescore_settings import RescoreSettings
+from worker.rescore_settings import RescoreSettings, default_loader_workers
 from worker.runtime import make_worker_engine
 from worker.settings import WorkerSettings
 
@@ -106,7 +106,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=16, help="instances per transfer syntax")
     parser.add_argument("--folds", type=int, default=10)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader decoding processes")
+    parser.add_argument("--workers", type=int, default=default_loader_workers(),
+                        help="DataLoader decoding processes (default as rescore's)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
