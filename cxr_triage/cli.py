@@ -53,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
         result = args.func(args)
     except (TriageError, SettingError) as exc:
