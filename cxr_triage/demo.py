@@ -71,7 +71,7 @@ def build_ensemble(paths: DemoPaths, data: Path | None) -> None:
     else:
         print(f"demo: training briefly on {data}")
     command = [sys.executable, "-m", "cxr_triage", "train", "--data", str(data),
-               "--out", str(paths.model), "--folds", "10", "--epochs", "2", "--input-size",
+               "--out", str(paths.model), "--folds", "10", "--epochs", "6", "--input-size",
                "64", "--batch-size", "8", "--weights", "none", "--limit", "24",
                "--label", DEMO_LABEL]
     if subprocess.run(command, check=False).returncode != 0:
