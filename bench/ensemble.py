@@ -14,6 +14,7 @@ Random weights say nothing about bf16 agreement; judge that on trained weights.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,29 +23,15 @@ from pathlib import Path
 import torch
 from torchvision.models import resnet50
 
-import cxr_triage
-from training.data import file_sha256
-from training.manifest import EnsembleManifest, FoldEntry, model_version, write_manifest
-from training.model import build_resnet50, save_fold_model
-from training.preprocessing import PreprocessConfig
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.worker.conftest import build_ensemble
 from worker.ensemble import Ensemble
 
 
 def write_random_ensemble(directory: Path, folds: int, size: int) -> None:
-    """A real ensemble directory with random-weight folds."""
-    entries = []
-    for index in range(folds):
-        path = directory / f"fold_{index:02d}.safetensors"
-        save_fold_model(build_resnet50(num_classes=2), path, {"fold": str(index)})
-        entries.append(FoldEntry(index, path.name, file_sha256(path), {}))
-    write_manifest(directory, EnsembleManifest(
-        architecture="resnet50", input_size=size,
-        preprocessing=PreprocessConfig(size=size).to_dict(), class_names=["normal", "covid"],
-        positive_class="covid", threshold=0.5, threshold_target_sensitivity=0.95,
-        threshold_oof_specificity=0.0, folds=entries, dataset_fingerprint="bench", seed=0,
-        package_version=cxr_triage.__version__,
-        model_version=model_version([e.sha256 for e in entries]),
-        created_at="1970-01-01T00:00:00+00:00", label="bench"))
+    """A real ensemble directory with random-weight folds (the tests' builder)."""
+    build_ensemble(directory, folds=folds, input_size=size, threshold=0.5,
+                   label="benchmark (random weights)")
 
 
 def images_per_second(run: Callable[[torch.Tensor], object], batch: int, size: int,

@@ -13,29 +13,21 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from celery import Celery
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cxr_triage.errors import TriageError
 from db.runs import done_ids, instance_files, record_failure
 from worker.ensemble import Ensemble
 from worker.rescore_scoring import ImageRef, ScoringContext, decode_batch, score_batch
+from worker.retry_policy import DB_RETRY
 from worker.runtime import WorkerContext
 
 logger = logging.getLogger(__name__)
 
 TASK_RESCORE_BATCH = "cxr_triage.rescore_batch"  # args [instance_ids, model_dir], queue score
 
-_DB_RETRY: dict[str, Any] = {
-    "autoretry_for": (OperationalError,),
-    "retry_backoff": 2,
-    "retry_backoff_max": 60,
-    "retry_jitter": True,
-    "max_retries": 20,
-}
 
 
 class EnsembleCache:
@@ -101,7 +93,7 @@ def register_rescore_task(app: Celery, context: WorkerContext) -> None:
     cache = EnsembleCache(device=context.settings.device,
                           torch_threads=context.settings.torch_threads)
 
-    @app.task(name=TASK_RESCORE_BATCH, **_DB_RETRY)
+    @app.task(name=TASK_RESCORE_BATCH, **DB_RETRY)
     def rescore_batch_task(instance_ids: list[int], model_dir: str, model_version: str,
                            run_id: int | None = None,
                            indeterminate_std: float | None = None) -> None:

@@ -7,10 +7,8 @@ backend). A task that fails on a database outage is retried with backoff.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from celery import Celery, Task
-from sqlalchemy.exc import OperationalError
 
 from worker.delivery import deliver_report, scu_sender
 from worker.ensemble import Ensemble
@@ -22,17 +20,11 @@ from worker.names import (
 )
 from worker.pipeline import score_instances
 from worker.reporting import ReportAction, report_study
+from worker.retry_policy import DB_RETRY
 from worker.runtime import WorkerContext
 
 logger = logging.getLogger(__name__)
 
-_DB_RETRY: dict[str, Any] = {
-    "autoretry_for": (OperationalError,),
-    "retry_backoff": 2,
-    "retry_backoff_max": 60,
-    "retry_jitter": True,
-    "max_retries": 20,
-}
 
 
 class TriageTask(Task):
@@ -56,7 +48,7 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
     register_rescore_task(app, context)
 
     @app.task(name=TASK_SCORE_INSTANCE, bind=True, base=TriageTask, context=context,
-              **_DB_RETRY)
+              **DB_RETRY)
     def score_instance(self: TriageTask, instance_id: int) -> None:
         token = str(self.request.id or f"local-{instance_id}")
         run = score_instances(context.sessions, int(instance_id), token,
@@ -65,7 +57,7 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
             app.send_task(TASK_REPORT_STUDY, args=[study_id], queue=QUEUE_DELIVER,
                           countdown=context.settings.study_quiet_s)
 
-    @app.task(name=TASK_REPORT_STUDY, bind=True, base=TriageTask, context=context, **_DB_RETRY)
+    @app.task(name=TASK_REPORT_STUDY, bind=True, base=TriageTask, context=context, **DB_RETRY)
     def report_study_task(self: TriageTask, study_id: int) -> None:
         identity, model_version = context.model()
         outcome = report_study(context.sessions, int(study_id), identity=identity,
@@ -80,7 +72,7 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
                           queue=QUEUE_DELIVER)
 
     @app.task(name=TASK_DELIVER_REPORT, bind=True, base=TriageTask, context=context,
-              **_DB_RETRY)
+              **DB_RETRY)
     def deliver_report_task(self: TriageTask, report_id: int, destination: str) -> None:
         result = deliver_report(context.sessions, int(report_id), destination,
                                 destinations=context.destinations,

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from pydicom.uid import generate_uid
-from sqlalchemy import create_engine, text
 
 from tests.support import dicomgen
 from tests.worker.conftest import (  # noqa: F401  (fixtures)
@@ -24,6 +23,7 @@ from tests.worker.conftest import (  # noqa: F401  (fixtures)
     sessions,
     tiny_ensemble,
 )
+from tests.worker.processes import query  # noqa: F401  (re-exported for the tests here)
 from training.manifest import load_manifest, write_manifest
 from training.preprocessing import preprocess
 from worker.ensemble import Ensemble
@@ -84,11 +84,3 @@ def cli(env: Mapping[str, str], *args: str,
                           capture_output=True, text=True, timeout=timeout)
 
 
-def query(db_url: str, sql: str) -> list[tuple[object, ...]]:
-    """Rows of one query."""
-    engine = create_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(row) for row in conn.execute(text(sql))]
-    finally:
-        engine.dispose()
