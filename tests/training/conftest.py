@@ -11,21 +11,12 @@ from PIL import Image
 
 from cxr_triage.cli import main
 
-# CI clones the repository next to shared/, so the data is found relative to the repo root.
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The shared development data; missing data is a failure, never a skip."""
-    if not (SHARED_DATA / "cxr" / "manifest.csv").is_file():
-        pytest.fail(f"shared data not found at {SHARED_DATA}; clone shared/ beside the repo")
-    return SHARED_DATA
-
 
 @pytest.fixture(scope="session")
 def cxr_dir(shared_data: Path) -> Path:
-    """The 336-image covid/normal development set."""
+    """The 336-image covid/normal development set (``shared_data`` is the root fixture)."""
+    if not (shared_data / "cxr" / "manifest.csv").is_file():
+        pytest.fail(f"development images not found in {shared_data / 'cxr'}")
     return shared_data / "cxr"
 
 
