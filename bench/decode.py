@@ -123,7 +123,7 @@ def j2k_copies(images: list[Path], workdir: Path) -> list[Path]:
 def probability_table(model_dir: Path, count: int, workdir: Path) -> None:
     import torch
 
-    from worker.ensemble import Ensemble
+    from worker.score.ensemble import Ensemble
 
     ensemble = Ensemble.load(model_dir, device="cpu")
     config = ensemble.config

@@ -4,7 +4,7 @@ Run: ``.venv/bin/python bench/ensemble.py [--folds 10] [--size 224] [--threads N
 Variants, all 10 ResNet-50 at 224 px:
 
 * naive: 10 torchvision ResNet-50, fp32, one model after another, batch 1;
-* worker: ``worker.ensemble.Ensemble`` (loaded from a real manifest, channels_last, fp32),
+* worker: ``worker.score.ensemble.Ensemble`` (loaded from a real manifest, channels_last, fp32),
   batch 1 and batch ``TRIAGE_SCORE_BATCH`` (8);
 * bf16: the same models with weights cast to bf16 and channels_last, batch 8.
 
@@ -25,7 +25,7 @@ from torchvision.models import resnet50
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.worker.conftest import build_ensemble
-from worker.ensemble import Ensemble
+from worker.score.ensemble import Ensemble
 
 
 def write_random_ensemble(directory: Path, folds: int, size: int) -> None:

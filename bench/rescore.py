@@ -4,7 +4,7 @@ Run: ``.venv/bin/python bench/rescore.py [--images 16] [--workers N] [--threads 
 
 Generates ``--images`` stored CR instances per transfer syntax (uncompressed 12-bit, and
 JPEG 2000 lossless when pylibjpeg-openjpeg can encode), records them in a SQLite database as
-the node would, and re-scores them with ``worker.rescore.score_local`` (DataLoader decoding
+the node would, and re-scores them with ``worker.rescore.run.score_local`` (DataLoader decoding
 ahead of the model, scores recorded per batch) using a 10-fold random-weight ResNet-50
 ensemble at 224 px. The same loaded ensemble's ``predict`` on preloaded tensors (the
 ``bench/ensemble.py`` measurement, ``images_per_second``), timed before and after the
@@ -30,17 +30,17 @@ from pydicom.uid import JPEG2000Lossless, generate_uid
 from sqlalchemy.orm import Session, sessionmaker
 
 from cxr_triage.synthetic import cr_dataset
+from db.instances import NewInstance, StudyFacts, record_instance
 from db.migrate import upgrade
 from db.models import InstanceStatus
-from db.repository import NewInstance, StudyFacts, record_instance
 from db.runs import Selection, select_scope
 from db.session import make_session_factory
 from training.data import file_sha256
-from worker.ensemble import Ensemble
-from worker.rescore import RescoreRequest, new_run, score_local
-from worker.rescore_scoring import ImageRef
-from worker.rescore_settings import RescoreSettings, default_loader_workers
+from worker.rescore.run import RescoreRequest, new_run, score_local
+from worker.rescore.settings import RescoreSettings, default_loader_workers
 from worker.runtime import make_worker_engine
+from worker.score.batch import ImageRef
+from worker.score.ensemble import Ensemble
 from worker.settings import WorkerSettings
 
 ROWS, COLUMNS = 2500, 2048

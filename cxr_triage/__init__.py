@@ -1,10 +1,8 @@
-"""cxr-triage: DICOM-integrated triage of chest radiographs."""
+"""cxr-triage: DICOM-integrated triage of chest radiographs (the top shell: the command line,
+``up``, ``demo``, ``nightly`` and the synthetic data)."""
 
-from importlib.metadata import PackageNotFoundError, version
+from common.version import package_version
 
-try:
-    __version__ = version("cxr-triage")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+source"
+__version__ = package_version()
 
 __all__ = ["__version__"]

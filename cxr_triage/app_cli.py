@@ -24,7 +24,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _ping(args: argparse.Namespace) -> int:
-    from worker.broker import BrokerSettings, make_celery
+    from common.queues import BrokerSettings, make_celery
 
     app = make_celery(BrokerSettings.from_env())
     replies = app.control.ping(timeout=args.timeout) or []

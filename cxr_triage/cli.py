@@ -8,17 +8,18 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from common.config import SettingError
+from common.errors import TriageError
 from cxr_triage import __version__
-from cxr_triage.envconfig import SettingError
-from cxr_triage.errors import TriageError
 
 # Each module exposes ``register(subparsers)``; the order is the order of ``--help``.
 COMMAND_MODULES = (
     "dicom_node.cli",
     "training.cli",
     "worker.cli",
-    "worker.rescore_cli",
+    "worker.rescore.cli",
     "db.cli",
+    "cxr_triage.worklist_cli",
     "cxr_triage.app_cli",
 )
 
@@ -35,13 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # package without a CLI yet
-            raise
-        module.register(subparsers)
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from sqlalchemy import select
 
-from cxr_triage.errors import TriageError
+from common.errors import TriageError
 from cxr_triage.synthetic import dicom_study, write_training_set
 from cxr_triage.up import Stack
 
@@ -146,9 +146,9 @@ def wait_for_reports(db_url: str, expected_studies: int, stack: Stack, timeout_s
 
 
 def print_worklist(db_url: str) -> None:
+    from cxr_triage.worklist_cli import format_worklist
     from db.session import make_engine, make_session_factory
     from db.worklist import worklist
-    from db.worklist_cli import format_worklist
 
     engine = make_engine(db_url)
     with make_session_factory(engine)() as session:

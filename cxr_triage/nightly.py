@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from cxr_triage.errors import TriageError
+from common.errors import TriageError
 
 LOGGER = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cxr_triage.envconfig import PREFIX
+from common.config import PREFIX
 
-PACKAGES = ("cxr_triage", "db", "dicom_node", "worker", "training")
+PACKAGES = ("common", "cxr_triage", "db", "dicom_node", "worker", "training")
 _READ = re.compile(r"env_[a-z_]+\(\s*env,\s*\"([A-Z0-9_]+)\"")
 _DIRECT = re.compile(r"\"(TRIAGE_[A-Z0-9_]+)\"")
 

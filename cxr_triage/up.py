@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
-from cxr_triage.errors import TriageError
+from common.errors import TriageError
 
 LOGGER = logging.getLogger(__name__)
 

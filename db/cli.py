@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from db.settings import DbSettings
-from db.worklist_cli import register_worklist
 
 
 def _settings(args: argparse.Namespace) -> DbSettings:
@@ -47,4 +46,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("revision", nargs="?", default="head")
     up.set_defaults(func=_upgrade)
     actions.add_parser("current", help="print the schema revision").set_defaults(func=_current)
-    register_worklist(subparsers)

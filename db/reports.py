@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from db.instances import dialect_insert
 from db.models import (
     Delivery,
     DeliveryState,
@@ -20,8 +21,7 @@ from db.models import (
     Study,
     utcnow,
 )
-from db.repository import dialect_insert
-from db.results import ERROR_LENGTH
+from db.scores import ERROR_LENGTH
 
 _PENDING = (InstanceStatus.RECEIVED.value, InstanceStatus.QUEUED.value,
             InstanceStatus.SCORING.value)

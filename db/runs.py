@@ -6,7 +6,7 @@ an instance with a score under the run's model version for its current content i
 instances that could not be scored are kept in ``rescore_failure`` with the reason, so a
 second run does not try them again unless asked to (``--retry-failed``).
 
-Like ``db.repository``, these functions never commit; the caller owns the transaction.
+Like ``db.instances``, these functions never commit; the caller owns the transaction.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from db.models import (
     UTCDateTime,
     utcnow,
 )
-from db.results import REASON_LENGTH, dialect_insert
+from db.scores import REASON_LENGTH, dialect_insert
 
 CHUNK = 500  # ids per IN (...) list: well under every driver's parameter limit
 MESSAGE_LENGTH = 1024

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from cxr_triage.envconfig import default_var_dir, env_str
+from common.config import default_var_dir, env_str
 
 
 def default_db_url() -> str:

@@ -17,9 +17,9 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.queues import QUEUE_SCORE, TASK_SCORE_INSTANCE
+from db.instances import mark_enqueued, stale_received
 from db.models import Instance, InstanceStatus, utcnow
-from db.repository import mark_enqueued, stale_received
-from worker.names import QUEUE_SCORE, TASK_SCORE_INSTANCE
 
 LOGGER = logging.getLogger(__name__)
 _STOP = -1

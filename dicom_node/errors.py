@@ -1,6 +1,6 @@
 """Errors of the DICOM node."""
 
-from cxr_triage.errors import TriageError
+from common.errors import TriageError
 
 
 class NodeError(TriageError):

@@ -13,7 +13,7 @@ from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-from db.repository import StudyFacts
+from db.instances import StudyFacts
 from dicom_node.errors import NodeError
 from dicom_node.status import StoreStatus
 from dicom_node.uids import InvalidUIDError, require_uid

@@ -13,8 +13,8 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.instances import NewInstance, RecordOutcome, RecordResult, record_instance
 from db.models import InstanceStatus
-from db.repository import NewInstance, RecordOutcome, RecordResult, record_instance
 from dicom_node.filters import TriageRules
 from dicom_node.header import Header, RejectedInstanceError, check_header, read_header
 from dicom_node.status import StoreStatus

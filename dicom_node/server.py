@@ -12,6 +12,7 @@ from pynetdicom import _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine
 
+from common.queues import make_celery
 from db.migrate import upgrade
 from db.session import make_engine, make_session_factory
 from dicom_node.admission import Admission
@@ -29,7 +30,6 @@ from dicom_node.ingest import Ingestor
 from dicom_node.settings import NodeSettings
 from dicom_node.storage import InstanceStore
 from dicom_node.tls import server_context
-from worker.broker import make_celery
 
 LOGGER = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxr_triage.envconfig import (
+from common.config import (
     default_var_dir,
     env_bool,
     env_float,
@@ -18,8 +18,8 @@ from cxr_triage.envconfig import (
     env_path,
     env_str,
 )
+from common.queues import BrokerSettings
 from db.settings import DbSettings
-from worker.broker import BrokerSettings
 
 
 @dataclass(frozen=True)

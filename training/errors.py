@@ -1,6 +1,6 @@
 """The training package's exception."""
 
-from cxr_triage.errors import TriageError
+from common.errors import TriageError
 
 
 class TrainingError(TriageError):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-import cxr_triage
+from common.version import package_version
 from training import report
 from training.cv import FoldResult, Prepared, run_summary
 from training.data import DEFAULT_CLASSES, POSITIVE_CLASS, file_sha256
@@ -65,7 +65,7 @@ def _build_manifest(
         threshold_target_sensitivity=settings.target_sensitivity,
         threshold_oof_specificity=round(threshold[2], 6), folds=folds,
         dataset_fingerprint=data.fingerprint, seed=settings.seed,
-        package_version=cxr_triage.__version__,
+        package_version=package_version(),
         model_version=model_version([f.sha256 for f in folds]),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         not_for_clinical_use=settings.not_for_clinical_use, label=settings.label,

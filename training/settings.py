@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cxr_triage.envconfig import (
+from common.config import (
     default_var_dir,
     env_float,
     env_int,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 from celery.signals import worker_process_init
 
-from worker.broker import make_celery
+from common.queues import make_celery
 from worker.runtime import WorkerContext
 from worker.settings import WorkerSettings
 from worker.tasks import register_tasks

@@ -79,10 +79,9 @@ def _deliveries(args: argparse.Namespace) -> int:
 
 
 def _redeliver(args: argparse.Namespace) -> int:
+    from common.queues import QUEUE_DELIVER, TASK_DELIVER_REPORT, make_celery
     from db.reports import requeue_deliveries
     from db.session import make_engine, make_session_factory
-    from worker.broker import make_celery
-    from worker.names import QUEUE_DELIVER, TASK_DELIVER_REPORT
 
     if args.report is None and not args.all_failed:
         print("cxr-triage redeliver: give --report ID or --all-failed")

@@ -16,14 +16,14 @@ from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.session import make_engine, make_session_factory
-from dicom_node.destinations import Destination, parse_destinations
 from training.manifest import EnsembleManifest, load_manifest
-from worker.delivery import DeliveryOptions
-from worker.ensemble import Ensemble, model_identity
-from worker.pipeline import ScoringOptions
-from worker.reporting import ReportOptions
+from worker.deliver.delivery import DeliveryOptions
+from worker.deliver.destinations import Destination, parse_destinations
+from worker.report.identity import ModelIdentity, model_identity
+from worker.report.study import ReportOptions
+from worker.score.ensemble import Ensemble
+from worker.score.live import ScoringOptions
 from worker.settings import WorkerSettings
-from worker.sr import ModelIdentity
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxr_triage.envconfig import (
+from common.config import (
     SettingError,
     default_var_dir,
     env_float,
@@ -16,8 +16,8 @@ from cxr_triage.envconfig import (
     env_path,
     env_str,
 )
+from common.queues import BrokerSettings
 from db.settings import DbSettings
-from worker.broker import BrokerSettings
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -29,7 +29,7 @@ class WorkerSettings:
     Attributes
     ----------
     model_dir : ensemble directory holding ``ensemble.json`` (``TRIAGE_MODEL_DIR``).
-    destinations : ``TRIAGE_DESTINATIONS`` as written (parsed by ``dicom_node.destinations``).
+    destinations : ``TRIAGE_DESTINATIONS`` as written (parsed by ``worker.deliver.destinations``).
     storage_dir : the node's storage; SRs go to ``sr_dir`` (default ``<storage_dir>/sr``).
     study_quiet_s : a study is reported once no image arrived for this long.
     report_max_wait_s : report anyway after this long even if images are still unscored.

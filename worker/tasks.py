@@ -10,18 +10,18 @@ import logging
 
 from celery import Celery, Task
 
-from worker.delivery import deliver_report, scu_sender
-from worker.ensemble import Ensemble
-from worker.names import (
+from common.queues import (
     QUEUE_DELIVER,
     TASK_DELIVER_REPORT,
     TASK_REPORT_STUDY,
     TASK_SCORE_INSTANCE,
 )
-from worker.pipeline import score_instances
-from worker.reporting import ReportAction, report_study
+from worker.deliver.delivery import deliver_report, scu_sender
+from worker.report.study import ReportAction, report_study
 from worker.retry_policy import DB_RETRY
 from worker.runtime import WorkerContext
+from worker.score.ensemble import Ensemble
+from worker.score.live import score_instances
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class TriageTask(Task):
 
 def register_tasks(app: Celery, context: WorkerContext) -> None:
     """Define the three tasks on ``app``, bound to ``context``."""
-    from worker.rescore_task import register_rescore_task  # cxr_triage.rescore_batch
+    from worker.rescore.task import register_rescore_task  # cxr_triage.rescore_batch
 
     register_rescore_task(app, context)
 

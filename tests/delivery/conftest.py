@@ -15,7 +15,10 @@ from pydicom.dataset import Dataset
 
 from tests.support import dicomgen
 from tests.support.orthanc import OrthancServer, free_port
-from worker.sr import Decision, ModelIdentity, StudyFinding, build_triage_sr, write_sr
+from worker.report.content import StudyFinding
+from worker.report.identity import ModelIdentity
+from worker.report.sr import build_triage_sr, write_sr
+from worker.score.decision import Decision
 
 # CI clones the repository into another folder with shared/ beside it.
 SHARED_DICOM = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dicom"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.destinations import (
+from worker.deliver.destinations import (
     Destination,
     DestinationError,
     parse_destinations,

@@ -21,8 +21,9 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 
-from dicom_node.destinations import Destination, DestinationError
-from dicom_node.scu import (
+from tests.delivery.conftest import CALLING_AE, require_tool
+from tests.support.orthanc import OrthancServer, free_port
+from worker.deliver.cstore import (
     DeliveryError,
     OutcomeKind,
     StoreReplyStatus,
@@ -31,9 +32,8 @@ from dicom_node.scu import (
     named_status,
     send_file,
 )
-from tests.delivery.conftest import CALLING_AE, require_tool
-from tests.support.orthanc import OrthancServer, free_port
-from worker import sr_codes
+from worker.deliver.destinations import Destination, DestinationError
+from worker.report import codes as sr_codes
 
 pytestmark = pytest.mark.integration
 FAST = Timeouts(connect=3, acse=5, dimse=5, network=10)

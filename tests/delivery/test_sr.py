@@ -17,18 +17,11 @@ from pydicom.uid import Comprehensive3DSRStorage, generate_uid
 
 from tests.delivery.conftest import MODEL, require_tool, shared_image
 from tests.support import dicomgen
-from worker import sr_codes
-from worker.sr import (
-    DEFAULT_SERIES_NUMBER,
-    Decision,
-    ModelIdentity,
-    PredecessorRef,
-    Priority,
-    SRError,
-    StudyFinding,
-    build_triage_sr,
-    write_sr,
-)
+from worker.report import codes as sr_codes
+from worker.report.content import PredecessorRef, SRError, StudyFinding
+from worker.report.identity import ModelIdentity
+from worker.report.sr import DEFAULT_SERIES_NUMBER, build_triage_sr, write_sr
+from worker.score.decision import Decision, Priority
 
 FO_DICOM_CHEST = "fo-dicom_CR-MONO1-10-chest.dcm"  # no file meta, MONOCHROME1
 CANON_DX = "pylibjpeg-data_966_fixed.dcm"  # DX with VR-violating patient values

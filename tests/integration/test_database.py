@@ -8,9 +8,7 @@ from dataclasses import replace
 
 from sqlalchemy import event, inspect, select
 
-from db.migrate import current_revision, head_revision, upgrade
-from db.models import Instance, InstanceStatus, Study, utcnow
-from db.repository import (
+from db.instances import (
     NewInstance,
     RecordOutcome,
     StudyFacts,
@@ -19,6 +17,8 @@ from db.repository import (
     stale_received,
     study_state,
 )
+from db.migrate import current_revision, head_revision, upgrade
+from db.models import Instance, InstanceStatus, Study, utcnow
 from db.session import make_engine, make_session_factory
 
 

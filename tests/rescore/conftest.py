@@ -26,7 +26,7 @@ from tests.worker.conftest import (  # noqa: F401  (fixtures)
 from tests.worker.processes import query  # noqa: F401  (re-exported for the tests here)
 from training.manifest import load_manifest, write_manifest
 from training.preprocessing import preprocess
-from worker.ensemble import Ensemble
+from worker.score.ensemble import Ensemble
 
 
 def write_study(directory: Path, count: int, brightness: float) -> list[Path]:

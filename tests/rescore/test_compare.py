@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from db.runs import ScoreRow
-from worker.rescore_compare import compare, subsample
+from worker.rescore.compare import compare, subsample
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cxr_triage.cli import main
 from db.runs import RunStatus, start_run, update_run
-from worker.drift import Thresholds, ks_statistic_numpy, psi
+from worker.rescore.drift import Thresholds, ks_statistic_numpy, psi
 
 
 def _run(sessions: sessionmaker[Session], version: str, probabilities: np.ndarray,

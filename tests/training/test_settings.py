@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr_triage.envconfig import SettingError
+from common.config import SettingError
 from training.errors import TrainingError
 from training.settings import TrainingSettings
 

@@ -34,7 +34,7 @@ def test_synthetic_images_differ_by_class(tmp_path: Path) -> None:
 def test_nightly_schedule() -> None:
     import datetime as dt
 
-    from cxr_triage.errors import TriageError
+    from common.errors import TriageError
     from cxr_triage.nightly import next_run, parse_at
 
     at = parse_at("02:30")

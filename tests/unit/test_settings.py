@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from common.config import SettingError
 from cxr_triage.cli import build_parser
-from cxr_triage.envconfig import SettingError
 from dicom_node.admission import Admission
 from dicom_node.settings import NodeSettings
 

@@ -11,9 +11,9 @@ from pydicom import dcmread
 from sqlalchemy.orm import Session, sessionmaker
 
 import cxr_triage
+from db.instances import NewInstance, StudyFacts, mark_enqueued, record_instance
 from db.migrate import upgrade
 from db.models import InstanceStatus
-from db.repository import NewInstance, StudyFacts, mark_enqueued, record_instance
 from db.session import make_session_factory
 from tests.support import dicomgen
 from training.data import file_sha256

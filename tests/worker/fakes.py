@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from dicom_node.destinations import Destination
-from dicom_node.scu import DeliveryOutcome, OutcomeKind
-from worker.ensemble import BatchPrediction
+from worker.deliver.cstore import DeliveryOutcome, OutcomeKind
+from worker.deliver.destinations import Destination
+from worker.score.ensemble import BatchPrediction
 
 
 class FixedPredictor:

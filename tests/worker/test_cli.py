@@ -11,12 +11,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cxr_triage.cli import main
 from db.models import Delivery, DeliveryState, Instance
-from dicom_node.destinations import parse_destinations
 from tests.worker.conftest import AddInstance
 from tests.worker.fakes import FixedPredictor
-from worker.pipeline import ScoringOptions, score_instances
-from worker.reporting import ReportOptions, report_study
-from worker.sr import ModelIdentity
+from worker.deliver.destinations import parse_destinations
+from worker.report.identity import ModelIdentity
+from worker.report.study import ReportOptions, report_study
+from worker.score.live import ScoringOptions, score_instances
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cxr_triage.envconfig import SettingError
-from worker.decision import ImageResult, backoff_s, decide, fold_votes, study_result
+from common.config import SettingError
+from worker.deliver.delivery import backoff_s
+from worker.score.decision import Decision, ImageResult, decide, fold_votes, study_result
 from worker.settings import WorkerSettings
-from worker.sr import Decision
 
 
 @pytest.mark.parametrize(

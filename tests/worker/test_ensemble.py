@@ -12,7 +12,8 @@ from tests.support import dicomgen
 from training.errors import TrainingError
 from training.manifest import load_manifest
 from training.preprocessing import preprocess
-from worker.ensemble import Ensemble, EnsembleError, model_identity, resolve_device
+from worker.report.identity import model_identity
+from worker.score.ensemble import Ensemble, EnsembleError, resolve_device
 
 
 def test_three_folds_predict_a_batch(three_fold_ensemble: Path, tmp_path: Path) -> None:

@@ -13,19 +13,19 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.instances import mark_enqueued
 from db.models import Delivery, Instance, Report, utcnow
 from db.reports import requeue_deliveries
-from db.repository import mark_enqueued
-from dicom_node.destinations import parse_destinations
-from dicom_node.scu import OutcomeKind
 from tests.delivery.conftest import require_tool
 from tests.support import dicomgen
 from tests.worker.conftest import AddInstance
 from tests.worker.fakes import FixedPredictor, RecordingSender
-from worker.delivery import DeliveryOptions, deliver_report
-from worker.pipeline import ScoringOptions, score_instances
-from worker.reporting import ReportAction, ReportOptions, report_study
-from worker.sr import ModelIdentity
+from worker.deliver.cstore import OutcomeKind
+from worker.deliver.delivery import DeliveryOptions, deliver_report
+from worker.deliver.destinations import parse_destinations
+from worker.report.identity import ModelIdentity
+from worker.report.study import ReportAction, ReportOptions, report_study
+from worker.score.live import ScoringOptions, score_instances
 
 IDENTITY = ModelIdentity("tiny", "fixed-v1", "ab" * 32, not_for_clinical_use=True)
 DESTINATIONS = parse_destinations("PACS@127.0.0.1:11999,SHADOW@127.0.0.1:11998;shadow")

@@ -11,10 +11,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Instance, InstanceStatus, Score, ScoreClaim, utcnow
-from db.results import claim_lead, claim_more
+from db.scores import claim_lead, claim_more
 from tests.worker.conftest import AddInstance
-from worker.ensemble import Ensemble
-from worker.pipeline import ScoringOptions, score_instances
+from worker.score.ensemble import Ensemble
+from worker.score.live import ScoringOptions, score_instances
 
 OPTIONS = ScoringOptions(batch_size=8, indeterminate_std=1.0, worker_host="test")
 

@@ -19,14 +19,13 @@ import redis
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from common.queues import QUEUE_SCORE, TASK_SCORE_INSTANCE, BrokerSettings, make_celery
 from tests.support import dicomgen
 from tests.support.dcmtk import storescu
 from tests.support.node import NodeProcess
 from tests.support.orthanc import OrthancServer
 from tests.support.servers import RedisServer
 from tests.worker.processes import WorkerProcess, query, wait_until
-from worker.broker import BrokerSettings, make_celery
-from worker.names import QUEUE_SCORE, TASK_SCORE_INSTANCE
 
 pytestmark = pytest.mark.integration
 CALLING_AE = "CXR_TRIAGE"

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from cxr_triage.envconfig import SettingError, env_float, env_int
+from common.config import SettingError, env_float, env_int
 
 
 def default_loader_workers() -> int:

@@ -1,6 +1,6 @@
 """Reports of a re-scoring run: new SRs for the studies whose decision changed, and delivery.
 
-Each new SR is written by ``worker.reporting.report_study`` under the new model version and
+Each new SR is written by ``worker.report.study.report_study`` under the new model version and
 names its predecessor, the latest earlier report of the study under any model version, in
 the Predecessor Documents Sequence. Deliveries are recorded ``pending``; then either sent
 here, one attempt each (local runs), or put on the ``deliver`` queue for the workers
@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.queues import QUEUE_DELIVER, TASK_DELIVER_REPORT
 from db.runs import latest_report_any_version, studies_reported_under
-from dicom_node.destinations import Destination
-from worker.delivery import DeliveryOptions, Sender, deliver_report
-from worker.names import QUEUE_DELIVER, TASK_DELIVER_REPORT
-from worker.reporting import ReportAction, ReportOptions, report_study
-from worker.rescore_compare import Comparison
-from worker.sr import ModelIdentity, SRError
+from worker.deliver.delivery import DeliveryOptions, Sender, deliver_report
+from worker.deliver.destinations import Destination
+from worker.report.content import SRError
+from worker.report.identity import ModelIdentity
+from worker.report.study import ReportAction, ReportOptions, report_study
+from worker.rescore.compare import Comparison
 
 logger = logging.getLogger(__name__)
 

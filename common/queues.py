@@ -1,4 +1,4 @@
-"""Broker settings and the Celery app factory (no configuration is read at import time).
+"""Queue and task names, broker settings and the Celery app factory (nothing read at import).
 
 The default broker is kombu's filesystem transport under ``./var/broker`` so a single machine needs
 no server; ``TRIAGE_BROKER_URL=redis://...`` selects Redis.
@@ -14,14 +14,16 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from cxr_triage.envconfig import default_var_dir, env_float, env_str
-from worker.names import (
-    QUEUE_DELIVER,
-    QUEUE_SCORE,
-    TASK_DELIVER_REPORT,
-    TASK_REPORT_STUDY,
-    TASK_SCORE_INSTANCE,
-)
+from common.config import default_var_dir, env_float, env_str
+
+# Queues and task names shared by the node (producer) and the workers (consumers).
+QUEUE_SCORE = "score"
+QUEUE_DELIVER = "deliver"
+
+TASK_SCORE_INSTANCE = "cxr_triage.score_instance"  # args [instance_id], queue score
+TASK_REPORT_STUDY = "cxr_triage.report_study"  # args [study_id], queue deliver
+TASK_DELIVER_REPORT = "cxr_triage.deliver_report"  # args [report_id, destination], queue deliver
+TASK_RESCORE_BATCH = "cxr_triage.rescore_batch"  # args [instance_ids, model_dir, ...], score
 
 FILESYSTEM_URL = "filesystem://"
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from cxr_triage.errors import TriageError
-from worker.rescore_report import SendMode
-from worker.rescore_settings import RescoreSettings
+from common.errors import TriageError
+from worker.rescore.report import SendMode
+from worker.rescore.settings import RescoreSettings
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -60,10 +60,10 @@ def _settings(args: argparse.Namespace) -> tuple[WorkerSettings, RescoreSettings
 
 
 def _rescore(args: argparse.Namespace) -> int:
+    from common.queues import make_celery
     from db.runs import Selection
-    from worker.broker import make_celery
-    from worker.rescore import RescoreRequest, run_rescore
-    from worker.rescore_summary import print_summary
+    from worker.rescore.run import RescoreRequest, run_rescore
+    from worker.rescore.summary import print_summary
 
     worker, settings = _settings(args)
     request = RescoreRequest(
@@ -92,8 +92,8 @@ def _rescore(args: argparse.Namespace) -> int:
 
 def _drift(args: argparse.Namespace) -> int:
     from db.runs import finished_runs
-    from worker.drift import Thresholds, drift_rows, format_table, latest_per_version, plot
-    from worker.rescore_summary import run_stats
+    from worker.rescore.drift import Thresholds, drift_rows, format_table, latest_per_version, plot
+    from worker.rescore.summary import run_stats
 
     settings = RescoreSettings.from_env()
     limits = Thresholds(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from db.runs import RescoreRun
-from worker.drift import RunStats
-from worker.rescore import RescoreResult
+from worker.rescore.drift import RunStats
+from worker.rescore.run import RescoreResult
 
 
 def _num(value: float | None, spec: str) -> str:

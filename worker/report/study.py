@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -21,22 +22,24 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Instance, Report, Score, utcnow
 from db.reports import StudyView, add_deliveries, insert_report, latest_report, study_view
-from dicom_node.destinations import Destination
-from worker.decision import ImageResult, study_result
-from worker.sr import (
-    DEFAULT_SERIES_NUMBER,
-    Decision,
-    ModelIdentity,
-    PredecessorRef,
-    SRError,
-    StudyFinding,
-    build_triage_sr,
-    write_sr,
-)
+from worker.report.content import PredecessorRef, SRError, StudyFinding
+from worker.report.identity import ModelIdentity
+from worker.report.sr import DEFAULT_SERIES_NUMBER, build_triage_sr, write_sr
+from worker.score.decision import Decision, ImageResult, study_result
 
 logger = logging.getLogger(__name__)
 
 MANUFACTURER = "cxr-triage"
+
+
+class DeliveryTarget(Protocol):
+    """Where a report goes, as reporting sees it: a label and whether it is shadow only."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def shadow(self) -> bool: ...
 
 
 class ReportAction(enum.StrEnum):
@@ -128,7 +131,7 @@ def _write(view: StudyView, best: ImageResult, identity: ModelIdentity,
 
 def _record(sessions: sessionmaker[Session], view: StudyView, best: ImageResult,
             model_version: str, previous: Report | None, path: Path, sr: Dataset,
-            destinations: Sequence[Destination], options: ReportOptions,
+            destinations: Sequence[DeliveryTarget], options: ReportOptions,
             supersedes: Report | None = None) -> int | None:
     finding_priority = StudyFinding(best.decision, best.probability_mean,
                                     best.probability_std, (best.sop_instance_uid,)).priority
@@ -153,7 +156,7 @@ def _record(sessions: sessionmaker[Session], view: StudyView, best: ImageResult,
 
 
 def report_study(sessions: sessionmaker[Session], study_id: int, *, identity: ModelIdentity,
-                 model_version: str, destinations: Sequence[Destination],
+                 model_version: str, destinations: Sequence[DeliveryTarget],
                  options: ReportOptions, now: dt.datetime | None = None,
                  supersedes: Report | None = None) -> ReportOutcome:
     """Write the study's report if it is quiet and its result is new (idempotent).

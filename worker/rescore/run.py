@@ -22,7 +22,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from cxr_triage.errors import TriageError
+from common.errors import TriageError
 from db.models import utcnow
 from db.runs import (
     RunStatus,
@@ -38,15 +38,15 @@ from db.runs import (
     study_uids,
     update_run,
 )
-from dicom_node.destinations import parse_destinations
 from training.manifest import EnsembleManifest, load_manifest
-from worker.delivery import DeliveryOptions, scu_sender
-from worker.ensemble import Ensemble, model_identity
-from worker.reporting import ReportOptions
-from worker.rescore_compare import Comparison, compare
-from worker.rescore_distributed import score_distributed
-from worker.rescore_progress import Progress
-from worker.rescore_report import (
+from worker.deliver.delivery import DeliveryOptions, scu_sender
+from worker.deliver.destinations import parse_destinations
+from worker.report.identity import model_identity
+from worker.report.study import ReportOptions
+from worker.rescore.compare import Comparison, compare
+from worker.rescore.distributed import score_distributed
+from worker.rescore.progress import Progress
+from worker.rescore.report import (
     ReportSummary,
     SendMode,
     deliver_inline,
@@ -54,8 +54,9 @@ from worker.rescore_report import (
     studies_to_report,
     write_reports,
 )
-from worker.rescore_scoring import ImageRef, ScoringContext, make_loader, score_batch
-from worker.rescore_settings import RescoreSettings
+from worker.rescore.settings import RescoreSettings
+from worker.score.batch import ImageRef, ScoringContext, make_loader, score_batch
+from worker.score.ensemble import Ensemble
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import InstanceStatus, utcnow
-from db.results import (
+from db.scores import (
     ClaimedImage,
     claim_lead,
     claim_more,
@@ -28,14 +28,14 @@ from db.results import (
     record_score,
     release_claims,
 )
-from worker.decision import decide, fold_votes
-from worker.ensemble import BatchPrediction
+from worker.score.decision import decide, fold_votes
+from worker.score.ensemble import BatchPrediction
 
 logger = logging.getLogger(__name__)
 
 
 class Predictor(Protocol):
-    """What scoring needs of an ensemble (``worker.ensemble.Ensemble`` is one)."""
+    """What scoring needs of an ensemble (``worker.score.ensemble.Ensemble`` is one)."""
 
     device: str
 

@@ -16,11 +16,10 @@ from pathlib import Path
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from cxr_triage.errors import TriageError
+from common.errors import TriageError
+from common.queues import QUEUE_SCORE, TASK_RESCORE_BATCH
 from db.runs import chunks, done_ids
-from worker.names import QUEUE_SCORE
-from worker.rescore_progress import Progress
-from worker.rescore_task import TASK_RESCORE_BATCH
+from worker.rescore.progress import Progress
 
 logger = logging.getLogger(__name__)
 

@@ -44,25 +44,17 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import UID, generate_uid
 from pydicom.valuerep import validate_value
 
-from worker import sr_codes
-from worker.sr_model import (
-    Decision,
-    ModelIdentity,
-    PredecessorRef,
-    Priority,
-    SRError,
-    StudyFinding,
-)
+from worker.report import codes as sr_codes
+from worker.report.content import PredecessorRef, SRError, StudyFinding
+from worker.report.identity import ModelIdentity
+from worker.score.decision import Decision, Priority
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_SERIES_NUMBER",
     "NOT_FOR_CLINICAL_USE",
-    "Decision",
-    "ModelIdentity",
     "PredecessorRef",
-    "Priority",
     "SRError",
     "StudyFinding",
     "build_triage_sr",

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxr_triage.errors import TriageError
+from common.errors import TriageError
 
 logger = logging.getLogger(__name__)
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}

@@ -14,6 +14,7 @@ Rules (docs/worker.md):
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import DeliveryState, Report
 from db.reports import get_delivery, high_priority_on_its_way, set_delivery_state
-from dicom_node.destinations import Destination
-from dicom_node.scu import DeliveryError, DeliveryOutcome, OutcomeKind, send_file
-from worker.decision import backoff_s
-from worker.sr import Priority
+from worker.deliver.cstore import DeliveryError, DeliveryOutcome, OutcomeKind, send_file
+from worker.deliver.destinations import Destination
+from worker.score.decision import Priority
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class DeliveryResult:
 
 
 def scu_sender(calling_ae: str) -> Sender:
-    """A sender that C-STOREs with ``dicom_node.scu.send_file``."""
+    """A sender that C-STOREs with ``worker.deliver.cstore.send_file``."""
     def send(path: Path, destination: Destination) -> DeliveryOutcome:
         return send_file(path, destination, calling_ae=calling_ae)
     return send
@@ -133,3 +133,11 @@ def deliver_report(sessions: sessionmaker[Session], report_id: int, label: str, 
         result.state.value if result.state else "?", attempts, result.reason,
         "" if result.retry_in_s is None else f"; retry in {result.retry_in_s:.0f} s")
     return result
+
+
+def backoff_s(attempt: int, *, base_s: float, max_s: float) -> float:
+    """Exponential backoff before retry ``attempt`` (1-based): base, 2 base, 4 base ... max."""
+    if attempt < 1:
+        return 0.0
+    exponent = min(attempt - 1, 32)
+    return float(min(max_s, base_s * math.pow(2, exponent)))

@@ -28,13 +28,13 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from dicom_node.destinations import Destination, validate_ae_title
-from dicom_node.errors import NodeError
+from worker.deliver.destinations import Destination, validate_ae_title
+from worker.errors import WorkerError
 
 logger = logging.getLogger(__name__)
 
 
-class DeliveryError(NodeError):
+class DeliveryError(WorkerError):
     """The file to deliver or the TLS material for it can't be used."""
 
 

@@ -1,40 +1,19 @@
-"""The values the triage SR is built from: finding, model identity, predecessor.
-
-Split from ``worker.sr`` (which re-exports every name here) so the builder stays short.
-"""
+"""The values the triage SR is built from: the study finding and the predecessor reference."""
 
 from __future__ import annotations
 
 import math
-import uuid
 from dataclasses import dataclass
-from enum import StrEnum
 
 from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage
 
-from cxr_triage.errors import TriageError
+from worker.errors import WorkerError
+from worker.score.decision import Decision, Priority
 
-_DEVICE_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cxr-triage:device")
 
-
-class SRError(TriageError):
+class SRError(WorkerError):
     """The triage SR could not be built or written."""
-
-
-class Decision(StrEnum):
-    """The study-level triage decision."""
-
-    SUSPECTED = "suspected"
-    NOT_SUSPECTED = "not_suspected"
-    INDETERMINATE = "indeterminate"
-
-
-class Priority(StrEnum):
-    """Reading priority derived from the decision."""
-
-    HIGH = "HIGH"
-    ROUTINE = "ROUTINE"
 
 
 def _check_probability(name: str, value: float) -> None:
@@ -81,34 +60,6 @@ class StudyFinding:
     def priority(self) -> Priority:
         """HIGH for a suspected study, ROUTINE otherwise."""
         return Priority.HIGH if self.decision is Decision.SUSPECTED else Priority.ROUTINE
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """The ensemble that produced the finding.
-
-    ``device_uid`` is derived from ``ensemble_hash``, so it changes whenever the
-    model is retrained (PS3.5 B.2, a UUID-derived UID under ``2.25``).
-    """
-
-    algorithm_name: str
-    version: str
-    ensemble_hash: str
-    not_for_clinical_use: bool = False
-
-    def __post_init__(self) -> None:
-        for field_name in ("algorithm_name", "version"):  # LO values (PS3.5 6.2)
-            value = getattr(self, field_name)
-            if not value or len(value) > 64 or "\\" in value:
-                raise SRError(f"ModelIdentity.{field_name} must be 1-64 characters without '\\'")
-        if not self.ensemble_hash:
-            raise SRError("ModelIdentity.ensemble_hash must not be empty")
-
-    @property
-    def device_uid(self) -> str:
-        """Deterministic Device UID for this algorithm and ensemble."""
-        key = f"{self.algorithm_name}/{self.ensemble_hash}"
-        return f"2.25.{uuid.uuid5(_DEVICE_UID_NAMESPACE, key).int}"
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 Decoding and preprocessing run in DataLoader worker processes with training's own
 ``preprocess`` and the manifest's :class:`PreprocessConfig` (never the models), so the next
 batches are decoded while the ensemble runs on the current one. Scores are recorded with
-``db.results.record_score`` (once per instance, model version and content, as the worker
-does) and decisions with ``worker.decision``; an image that can't be decoded is recorded in
+``db.scores.record_score`` (once per instance, model version and content, as the worker
+does) and decisions with ``worker.score.decision``; an image that can't be decoded is recorded in
 ``rescore_failure`` with the reason.
 """
 
@@ -22,17 +22,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from torch.utils.data import DataLoader, Dataset
 
 from db.models import utcnow
-from db.results import record_score
 from db.runs import record_failure
+from db.scores import record_score
 from training.preprocessing import PreprocessConfig, preprocess
-from worker.decision import decide, fold_votes
-from worker.ensemble import BatchPrediction
+from worker.score.decision import decide, fold_votes
+from worker.score.ensemble import BatchPrediction
 
 logger = logging.getLogger(__name__)
 
 
 class BatchModel(Protocol):
-    """What scoring needs of an ensemble (``worker.ensemble.Ensemble`` is one)."""
+    """What scoring needs of an ensemble (``worker.score.ensemble.Ensemble`` is one)."""
 
     device: str
     config: PreprocessConfig

@@ -7,7 +7,7 @@ import datetime as dt
 import json
 from typing import TYPE_CHECKING
 
-from cxr_triage.errors import TriageError
+from common.errors import TriageError
 
 if TYPE_CHECKING:
     from db.worklist import WorklistRow
@@ -71,7 +71,7 @@ def run_worklist(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_worklist(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("worklist", help="studies in triage priority order")
     parser.add_argument("--since", help="only studies received since (2026-11-26, 24h, 7d)")
     parser.add_argument("--decision", action="append", choices=DECISIONS,

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicom_node.errors import NodeError
+from worker.errors import WorkerError
 
 _SYNTAX_HINT = "expected AE_TITLE@HOST:PORT[;tls][;shadow][;ca=PATH][;cert=PATH][;key=PATH]"
 _ENTRY = re.compile(r"^(?P<ae>[^@]*)@(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]@;]+):(?P<port>[^;]*)$")
@@ -24,7 +24,7 @@ _FLAG_OPTIONS = frozenset({"tls", "shadow"})
 _PATH_OPTIONS = frozenset({"ca", "cert", "key"})
 
 
-class DestinationError(NodeError):
+class DestinationError(WorkerError):
     """A destination in ``TRIAGE_DESTINATIONS`` is malformed."""
 
 

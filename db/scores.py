@@ -1,6 +1,6 @@
 """Repository of the worker's results: score claims, scores, reports and deliveries.
 
-Like ``db.repository``, these functions never commit; the caller owns the transaction
+Like ``db.instances``, these functions never commit; the caller owns the transaction
 (``with sessions.begin() as session:``). Every write is idempotent: unique constraints plus
 ``ON CONFLICT DO NOTHING`` make a task delivered twice leave one row.
 """
@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
+from db.instances import dialect_insert
 from db.models import (
     Instance,
     InstanceStatus,
@@ -22,7 +23,6 @@ from db.models import (
     ScoreClaim,
     utcnow,
 )
-from db.repository import dialect_insert
 
 REASON_LENGTH = 255
 ERROR_LENGTH = 1024

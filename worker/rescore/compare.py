@@ -3,7 +3,7 @@
 Plain functions over score rows. The *previous model version* of an instance is the other
 model version whose score of its current content is the most recent; that of a study is the
 other model version that scored one of its images most recently. A study's decision under a
-version is that of its most suspicious image (``worker.decision.study_result``), exactly as
+version is that of its most suspicious image (``worker.score.decision.study_result``), exactly as
 its report would say.
 """
 
@@ -15,8 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from db.runs import ScoreRow
-from worker.decision import ImageResult, study_result
-from worker.sr import Decision
+from worker.score.decision import Decision, ImageResult, study_result
 
 
 @dataclass(frozen=True)

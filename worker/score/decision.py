@@ -1,12 +1,26 @@
-"""The triage rules as plain functions: image decision, study result, delivery backoff."""
+"""The triage rules: ``Decision`` and ``Priority``, the image decision and the study result."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
-from worker.sr import Decision
+
+class Decision(StrEnum):
+    """The study-level triage decision."""
+
+    SUSPECTED = "suspected"
+    NOT_SUSPECTED = "not_suspected"
+    INDETERMINATE = "indeterminate"
+
+
+class Priority(StrEnum):
+    """Reading priority derived from the decision."""
+
+    HIGH = "HIGH"
+    ROUTINE = "ROUTINE"
+
 
 # Most suspicious first: a suspected image outranks an indeterminate one, which outranks
 # a not-suspected one, whatever their probabilities.
@@ -59,11 +73,3 @@ def study_result(images: Sequence[ImageResult]) -> ImageResult:
     if not images:
         raise ValueError("a study result needs at least one scored image")
     return max(sorted(images, key=lambda r: r.instance_id), key=severity)
-
-
-def backoff_s(attempt: int, *, base_s: float, max_s: float) -> float:
-    """Exponential backoff before retry ``attempt`` (1-based): base, 2 base, 4 base ... max."""
-    if attempt < 1:
-        return 0.0
-    exponent = min(attempt - 1, 32)
-    return float(min(max_s, base_s * math.pow(2, exponent)))

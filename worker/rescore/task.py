@@ -17,16 +17,16 @@ from pathlib import Path
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from cxr_triage.errors import TriageError
+from common.errors import TriageError
+from common.queues import TASK_RESCORE_BATCH
 from db.runs import done_ids, instance_files, record_failure
-from worker.ensemble import Ensemble
-from worker.rescore_scoring import ImageRef, ScoringContext, decode_batch, score_batch
 from worker.retry_policy import DB_RETRY
 from worker.runtime import WorkerContext
+from worker.score.batch import ImageRef, ScoringContext, decode_batch, score_batch
+from worker.score.ensemble import Ensemble
 
 logger = logging.getLogger(__name__)
 
-TASK_RESCORE_BATCH = "cxr_triage.rescore_batch"  # args [instance_ids, model_dir], queue score
 
 
 

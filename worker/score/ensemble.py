@@ -7,7 +7,6 @@ serving); the manifest and fold files from ``training.manifest`` and ``training.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -17,16 +16,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cxr_triage.errors import TriageError
+from common.errors import TriageError
 from training.manifest import EnsembleManifest, load_manifest
 from training.model import ARCHITECTURE, load_fold_model
 from training.preprocessing import PreprocessConfig, load_unit_image, to_model_tensor
-from worker.openvino_backend import Runner, compile_ensemble
-from worker.sr import ModelIdentity
+from worker.score.openvino import Runner, compile_ensemble
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ALGORITHM_NAME = "cxr-triage COVID-19 ensemble"
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -58,27 +55,6 @@ def resolve_device(setting: str) -> str:
     return setting
 
 
-def ensemble_hash(manifest: EnsembleManifest) -> str:
-    """SHA-256 over the fold hashes in fold order: changes whenever any weight changes."""
-    return hashlib.sha256("".join(f.sha256 for f in manifest.folds).encode()).hexdigest()
-
-
-def _lo(text: str) -> str:
-    """A value usable as an LO (PS3.5 6.2): no backslash or control characters, 64 at most."""
-    cleaned = "".join(ch for ch in text if ch.isprintable() and ch != "\\").strip()
-    return cleaned[:64]
-
-
-def model_identity(manifest: EnsembleManifest) -> ModelIdentity:
-    """How the SR names the ensemble: label (or a default), model_version, ensemble hash."""
-    return ModelIdentity(
-        algorithm_name=_lo(manifest.label) or DEFAULT_ALGORITHM_NAME,
-        version=_lo(manifest.model_version) or "unknown",
-        ensemble_hash=ensemble_hash(manifest),
-        not_for_clinical_use=manifest.not_for_clinical_use,
-    )
-
-
 @dataclass(frozen=True)
 class BatchPrediction:
     """Per image: mean COVID-19 probability over folds, its spread, and each fold's value."""
@@ -102,7 +78,6 @@ class Ensemble:
         self.device = device
         self.directory = directory
         self.config: PreprocessConfig = manifest.preprocess_config()
-        self.identity = model_identity(manifest)
 
     @property
     def model_version(self) -> str:
@@ -120,7 +95,7 @@ class Ensemble:
 
         ``precision`` ``bf16`` casts the weights to bfloat16 (about 2x faster on CPUs with
         AVX-512 BF16, PERF-NOTES); ``fp32`` is the exact reference. ``backend`` ``openvino``
-        compiles all folds as one OpenVINO graph on the CPU (:mod:`worker.openvino_backend`),
+        compiles all folds as one OpenVINO graph on the CPU (:mod:`worker.score.openvino`),
         cached in ``cache_dir``. With either, images whose mean lands within ``exact_margin`` of
         the threshold are scored again with the fp32 models, so decisions match fp32 whenever
         the fast path is off by less than the margin.

@@ -1,0 +1,1 @@
+"""Delivery: destinations, C-STORE, delivery state and backoff."""

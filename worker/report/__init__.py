@@ -1,0 +1,1 @@
+"""Reporting: the study result, SR content and codes, the model identity."""

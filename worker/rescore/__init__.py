@@ -1,0 +1,1 @@
+"""Nightly re-scoring: runs, comparison, distributed batches, drift, progress and the CLI."""

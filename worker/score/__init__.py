@@ -1,0 +1,1 @@
+"""Scoring: the decision rule, the one ensemble loader, backends and the one batch path."""
