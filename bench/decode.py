@@ -124,8 +124,9 @@ def probability_table(model_dir: Path, count: int, workdir: Path) -> None:
     import torch
 
     from worker.score.ensemble import Ensemble
+    from worker.settings import InferenceSettings
 
-    ensemble = Ensemble.load(model_dir, device="cpu")
+    ensemble = Ensemble.load(model_dir, InferenceSettings(device="cpu"))
     config = ensemble.config
     size = config.size
     pngs = sorted((SHARED / "cxr").glob("*/*.png"))[::max(1, 336 // count)][:count]

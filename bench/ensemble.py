@@ -26,6 +26,7 @@ from torchvision.models import resnet50
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.worker.conftest import build_ensemble
 from worker.score.ensemble import Ensemble
+from worker.settings import InferenceSettings
 
 
 def write_random_ensemble(directory: Path, folds: int, size: int) -> None:
@@ -61,9 +62,10 @@ def agreement(model_dir: Path, count: int, backend: str) -> None:
     images = sorted((shared / "cxr").glob("*/*.png"))
     images = images[:: max(1, len(images) // count)][:count]
     images += sorted((shared / "dicom").glob("*.dcm"))
-    exact = Ensemble.load(model_dir, device="cpu")
-    fast = Ensemble.load(model_dir, device="cpu", precision="bf16", backend=backend,
-                         cache_dir=Path(tempfile.mkdtemp(prefix="cxr-ov-")), exact_margin=0.0)
+    exact = Ensemble.load(model_dir, InferenceSettings(device="cpu"))
+    fast = Ensemble.load(model_dir, InferenceSettings(
+        device="cpu", precision="bf16", backend=backend, exact_margin=0.0,
+        openvino_cache_dir=Path(tempfile.mkdtemp(prefix="cxr-ov-"))))
     tensors = torch.stack([exact.preprocess(path) for path in images])
     p32: list[float] = []
     p16: list[float] = []
@@ -105,16 +107,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         write_random_ensemble(Path(tmp), args.folds, args.size)
         started = time.perf_counter()
-        ensemble = Ensemble.load(Path(tmp), device="cpu", torch_threads=args.threads)
+        ensemble = Ensemble.load(Path(tmp), InferenceSettings(device="cpu",
+                                                              torch_threads=args.threads))
         load_s = time.perf_counter() - started
-        fast = Ensemble.load(Path(tmp), device="cpu", precision="bf16")
+        fast = Ensemble.load(Path(tmp), InferenceSettings(device="cpu", precision="bf16"))
         variants = {}
         if args.openvino:
             for precision in ("fp32", "bf16"):
                 variants[f"worker Ensemble OpenVINO {precision}, batch {args.batch}"] = (
-                    Ensemble.load(Path(tmp), device="cpu", precision=precision,
-                                  backend="openvino", cache_dir=Path(tmp) / "ov",
-                                  torch_threads=args.threads))
+                    Ensemble.load(Path(tmp), InferenceSettings(
+                        device="cpu", precision=precision, backend="openvino",
+                        openvino_cache_dir=Path(tmp) / "ov", torch_threads=args.threads)))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.folds} folds, "
           f"{args.size} px; ensemble load incl. sha256 checks: {load_s:.1f} s")
     small = max(args.batch // 2, 4)

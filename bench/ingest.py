@@ -28,6 +28,7 @@ from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cxr_triage.synthetic import cr_dataset
+from tests.support.node import migrate
 from tests.support.servers import free_port, wait_for_port
 
 
@@ -114,6 +115,7 @@ def _run_node(files: list[Path], root: Path, db_url: str, broker_url: str) -> fl
         "TRIAGE_ALLOWED_AETS": "STORESCU",
         "TRIAGE_MIN_FREE_BYTES": "0",
     }
+    migrate(db_url)  # the node only checks that the schema is current
     log = (root / "node.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "cxr_triage", "node"], env=env, stdout=log,
                             stderr=subprocess.STDOUT, cwd=root)

@@ -34,14 +34,18 @@ from db.instances import NewInstance, StudyFacts, record_instance
 from db.migrate import upgrade
 from db.models import InstanceStatus
 from db.runs import Selection, select_scope
-from db.session import make_session_factory
+from db.session import make_engine, make_session_factory
 from training.data import file_sha256
 from worker.rescore.run import RescoreRequest, new_run, score_local
-from worker.rescore.settings import RescoreSettings, default_loader_workers
 from worker.runtime import make_worker_engine
 from worker.score.batch import ImageRef
 from worker.score.ensemble import Ensemble
-from worker.settings import WorkerSettings
+from worker.settings import (
+    InferenceSettings,
+    RescoreSettings,
+    WorkerSettings,
+    default_loader_workers,
+)
 
 ROWS, COLUMNS = 2500, 2048
 
@@ -94,10 +98,10 @@ def _rescore_rate(factory: sessionmaker[Session], ensemble: Ensemble, study_uid:
     todo = [ImageRef(r.instance_id, r.file_path, r.content_sha256) for r in rows]
     run_id = new_run(factory, RescoreRequest(model_dir=ensemble.directory),
                      ensemble.model_version)
-    settings = RescoreSettings(batch=batch, loader_workers=workers, progress_log_s=1e9)
+    worker = WorkerSettings(rescore=RescoreSettings(batch=batch, loader_workers=workers,
+                                                    progress_log_s=1e9))
     started = time.perf_counter()
-    written = score_local(factory, ensemble, todo, run_id=run_id, worker=WorkerSettings(),
-                          settings=settings)
+    written = score_local(factory, ensemble, todo, run_id=run_id, worker=worker)
     return written / (time.perf_counter() - started), written
 
 
@@ -117,9 +121,13 @@ def main() -> int:
         root = Path(tmp)
         (root / "model").mkdir()
         bench_ensemble.write_random_ensemble(root / "model", args.folds, 224)
-        ensemble = Ensemble.load(root / "model", device="cpu", torch_threads=args.threads)
-        engine = make_worker_engine(f"sqlite:///{root / 'bench.db'}")
-        upgrade(engine)
+        ensemble = Ensemble.load(root / "model",
+                                 InferenceSettings(device="cpu", torch_threads=args.threads))
+        url = f"sqlite:///{root / 'bench.db'}"
+        migrator = make_engine(url)  # as `cxr-triage db upgrade` does; then the worker's engine
+        upgrade(migrator)
+        migrator.dispose()
+        engine = make_worker_engine(url)
         sessions = make_session_factory(engine)
         syntaxes = {"uncompressed": False}
         try:

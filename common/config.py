@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 PREFIX = "TRIAGE_"
+_Settings = TypeVar("_Settings")
 
 
 class SettingError(ValueError):
@@ -25,11 +28,6 @@ def env_str(env: Mapping[str, str] | None, name: str, default: str) -> str:
     """Return ``TRIAGE_<name>`` or ``default``."""
     value = _raw(env, name)
     return default if value is None else value
-
-
-def env_opt_str(env: Mapping[str, str] | None, name: str) -> str | None:
-    """Return ``TRIAGE_<name>`` or ``None`` when unset or empty."""
-    return _raw(env, name)
 
 
 def env_int(env: Mapping[str, str] | None, name: str, default: int) -> int:
@@ -94,3 +92,24 @@ def env_opt_path(env: Mapping[str, str] | None, name: str) -> Path | None:
 def default_var_dir() -> Path:
     """The directory that holds local state on embedded defaults (``./var``)."""
     return Path(os.environ.get(PREFIX + "VAR_DIR", "var"))
+
+
+def apply_overrides(settings: _Settings, **flags: Any) -> _Settings:
+    """A copy of the frozen dataclass ``settings`` with each flag that was given replaced.
+
+    A flag whose value is ``None`` was not given and leaves the setting as it is. A dotted
+    name (``**{"rescore.batch": 4}``) replaces a field of a nested settings dataclass.
+    """
+    direct: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for name, value in flags.items():
+        if value is None:
+            continue
+        head, _, rest = name.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            direct[head] = value
+    for head, inner in nested.items():
+        direct[head] = apply_overrides(direct.get(head, getattr(settings, head)), **inner)
+    return dataclasses.replace(settings, **direct) if direct else settings  # type: ignore[type-var]

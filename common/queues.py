@@ -7,14 +7,14 @@ no server; ``TRIAGE_BROKER_URL=redis://...`` selects Redis.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from kombu import Queue
 
-from common.config import default_var_dir, env_float, env_str
+from common.config import default_var_dir, env_float, env_path, env_str
 
 # Queues and task names shared by the node (producer) and the workers (consumers).
 QUEUE_SCORE = "score"
@@ -23,6 +23,9 @@ QUEUE_DELIVER = "deliver"
 TASK_SCORE_INSTANCE = "cxr_triage.score_instance"  # args [instance_id], queue score
 TASK_REPORT_STUDY = "cxr_triage.report_study"  # args [study_id], queue deliver
 TASK_DELIVER_REPORT = "cxr_triage.deliver_report"  # args [report_id, destination], queue deliver
+# A claimed, queued or in-progress step older than this is published again and may be taken
+# over (TRIAGE_SCORE_LEASE_S; the node's reconciler and the workers read the same value).
+DEFAULT_SCORE_LEASE_S = 600.0
 TASK_RESCORE_BATCH = "cxr_triage.rescore_batch"  # args [instance_ids, model_dir, ...], score
 
 FILESYSTEM_URL = "filesystem://"
@@ -41,17 +44,19 @@ class BrokerSettings:
     """
 
     url: str = FILESYSTEM_URL
-    filesystem_dir: Path = Path("var/broker")
+    filesystem_dir: Path = field(default_factory=lambda: default_var_dir() / "broker")
     visibility_timeout_s: float = 3600.0
     connect_timeout_s: float = 3.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BrokerSettings:
+        d = cls()
         return cls(
-            url=env_str(env, "BROKER_URL", FILESYSTEM_URL),
-            filesystem_dir=Path(env_str(env, "BROKER_DIR", str(default_var_dir() / "broker"))),
-            visibility_timeout_s=env_float(env, "BROKER_VISIBILITY_TIMEOUT_S", 3600.0),
-            connect_timeout_s=env_float(env, "BROKER_CONNECT_TIMEOUT_S", 3.0),
+            url=env_str(env, "BROKER_URL", d.url),
+            filesystem_dir=env_path(env, "BROKER_DIR", d.filesystem_dir),
+            visibility_timeout_s=env_float(env, "BROKER_VISIBILITY_TIMEOUT_S",
+                                           d.visibility_timeout_s),
+            connect_timeout_s=env_float(env, "BROKER_CONNECT_TIMEOUT_S", d.connect_timeout_s),
         )
 
     @property

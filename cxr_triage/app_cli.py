@@ -44,7 +44,8 @@ def _nightly(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``up`` and ``demo``."""
     up = subparsers.add_parser(
-        "up", help="run the node and a CPU worker on this machine (embedded defaults)")
+        "up", help="run the node, a scoring and a delivery worker on this machine, "
+        "restarting any that exits (embedded defaults)")
     up.add_argument("--model-dir", type=Path, help="ensemble directory (TRIAGE_MODEL_DIR)")
     up.add_argument("--allow-aet", action="append", help="calling AE title to allow")
     up.add_argument("--allow-any-aet", action="store_true", help="accept any calling AE")

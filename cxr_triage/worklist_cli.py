@@ -12,7 +12,8 @@ from common.errors import TriageError
 if TYPE_CHECKING:
     from db.worklist import WorklistRow
 
-DECISIONS = ("suspected", "indeterminate", "not_suspected", "pending", "skipped", "failed")
+DECISIONS = ("suspected", "indeterminate", "not_suspected", "pending", "retrying", "skipped",
+             "failed")
 
 
 def parse_since(text: str) -> dt.datetime:
@@ -39,6 +40,8 @@ def format_worklist(rows: list[WorklistRow]) -> str:
                 f"{row.decision:13}  {p:13}  {row.delivery}")
         if row.patient_name is not None or row.patient_id is not None:
             line += f"  [{row.patient_name or ''} / {row.patient_id or ''}]"
+        if row.reason:
+            line += f"  ! {row.reason}"
         lines.append(line)
     if not rows:
         lines.append("(no studies)")
@@ -46,19 +49,20 @@ def format_worklist(rows: list[WorklistRow]) -> str:
 
 
 def run_worklist(args: argparse.Namespace) -> int:
-    from db.migrate import upgrade
+    from db.migrate import require_current
     from db.session import make_engine, make_session_factory
     from db.settings import DbSettings
     from db.worklist import worklist
 
     url = args.db_url or DbSettings.from_env().url
+    since = parse_since(args.since) if args.since else None  # a bad flag before the database
     engine = make_engine(url)
     try:
-        upgrade(engine)
+        require_current(engine)
         with make_session_factory(engine)() as session:
             rows = worklist(
                 session,
-                since=parse_since(args.since) if args.since else None,
+                since=since,
                 decisions=frozenset(args.decision) if args.decision else None,
                 show_phi=args.show_phi,
             )

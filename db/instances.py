@@ -61,10 +61,18 @@ class RecordOutcome(enum.StrEnum):
 
 @dataclass(frozen=True)
 class RecordResult:
+    """What :func:`record_instance` did.
+
+    ``file_path`` is the file the row references now. ``previous_file_path`` is the file a
+    ``CHANGED`` resend replaced, set only when no row references it any more: the caller may
+    delete it once this transaction is committed.
+    """
+
     instance_id: int
     outcome: RecordOutcome
     status: InstanceStatus
     previous_file_path: str | None = None
+    file_path: str | None = None
 
 
 def dialect_insert(session: Session, model: type[Any]) -> postgresql.Insert | sqlite.Insert:
@@ -138,14 +146,16 @@ def record_instance(session: Session, item: NewInstance) -> RecordResult:
         .returning(Instance.id)
     ).one_or_none()
     if inserted is not None:
-        return RecordResult(int(inserted), RecordOutcome.NEW, item.status)
+        return RecordResult(int(inserted), RecordOutcome.NEW, item.status,
+                            file_path=item.file_path)
     existing = session.scalars(
         select(Instance).where(Instance.sop_instance_uid == item.sop_instance_uid).with_for_update()
     ).one()
     existing.receive_count += 1
     existing.updated_at = now
     if existing.content_sha256 == item.content_sha256:
-        return RecordResult(existing.id, RecordOutcome.DUPLICATE, InstanceStatus(existing.status))
+        return RecordResult(existing.id, RecordOutcome.DUPLICATE, InstanceStatus(existing.status),
+                            file_path=existing.file_path)
     previous_path = existing.file_path
     values = _instance_values(item, study_id, now)
     for name in ("sop_class_uid", "series_instance_uid", "calling_ae", "received_at", "file_path",
@@ -153,7 +163,17 @@ def record_instance(session: Session, item: NewInstance) -> RecordResult:
                  "body_part_examined", "view_position", "status", "status_reason", "study_id"):
         setattr(existing, name, values[name])
     existing.enqueued_at = None
-    return RecordResult(existing.id, RecordOutcome.CHANGED, item.status, previous_path)
+    session.flush()
+    superseded = None if file_referenced(session, previous_path) else previous_path
+    return RecordResult(existing.id, RecordOutcome.CHANGED, item.status, superseded,
+                        file_path=item.file_path)
+
+
+def file_referenced(session: Session, file_path: str) -> bool:
+    """Whether any instance row references ``file_path``."""
+    return session.scalar(
+        select(Instance.id).where(Instance.file_path == file_path).limit(1)
+    ) is not None
 
 
 def mark_enqueued(session: Session, instance_id: int) -> bool:

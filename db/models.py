@@ -1,19 +1,23 @@
-"""Typed SQLAlchemy models: studies and the instances received for them.
+"""Typed SQLAlchemy models: every table, and the vocabulary its status columns hold.
 
-The worker adds scores, reports and deliveries in later migrations; instances are keyed by an
-integer id that those tables reference.
+Studies and the instances received for them (migration 0001); the worker's scores, reports and
+deliveries (0002); re-scoring runs and their failures (0003). Status, decision and priority
+columns are typed by the ``StrEnum`` below and stored as their string values in
+``VARCHAR(16)``, so reading one gives the enum member and writing an unknown value fails.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
+from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
     DateTime,
+    Enum,
     Float,
     ForeignKey,
     Index,
@@ -67,6 +71,18 @@ class InstanceStatus(enum.StrEnum):
 
 STATUS_LENGTH = 16
 UID_LENGTH = 64
+REASON_LENGTH = 255
+ERROR_LENGTH = 1024
+
+
+def status_type(values: type[enum.StrEnum]) -> Enum:
+    """A ``VARCHAR(16)`` column holding the values of ``values`` (no CHECK, no native type).
+
+    The stored strings are the enum's values (not its member names), so the columns written
+    before they were typed read back unchanged.
+    """
+    return Enum(values, native_enum=False, create_constraint=False, length=STATUS_LENGTH,
+                values_callable=lambda e: [m.value for m in e], validate_strings=True)
 
 
 class Study(Base):
@@ -83,6 +99,14 @@ class Study(Base):
     study_description: Mapped[str | None] = mapped_column(String(64))
     first_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Recovery (migration 0004): the report step as the reconciler sees it. ``report_due_at``
+    # is when the report rule must run next (NULL: nothing to do); ``report_generation``
+    # counts the events that made it due, so a report task clears it only if nothing new came.
+    report_due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
+    report_generation: Mapped[int] = mapped_column(Integer, default=0)
+    report_attempts: Mapped[int] = mapped_column(Integer, default=0)  # failed tries since success
+    report_error: Mapped[str | None] = mapped_column(String(ERROR_LENGTH))  # the last failure
+    report_failed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # given up
 
     instances: Mapped[list[Instance]] = relationship(back_populates="study", lazy="raise")
 
@@ -108,8 +132,9 @@ class Instance(Base):
     modality: Mapped[str | None] = mapped_column(String(16))
     body_part_examined: Mapped[str | None] = mapped_column(String(64))
     view_position: Mapped[str | None] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(STATUS_LENGTH), default=InstanceStatus.RECEIVED)
-    status_reason: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[InstanceStatus] = mapped_column(status_type(InstanceStatus),
+                                                   default=InstanceStatus.RECEIVED)
+    status_reason: Mapped[str | None] = mapped_column(String(REASON_LENGTH))
     receive_count: Mapped[int] = mapped_column(Integer, default=1)
     enqueue_count: Mapped[int] = mapped_column(Integer, default=0)
     enqueued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
@@ -118,6 +143,21 @@ class Instance(Base):
 
 
 # --- Worker results (migration 0002) ------------------------------------------------------------
+
+
+class Decision(enum.StrEnum):
+    """The triage decision of an image or a study (``worker.score.decision`` decides it)."""
+
+    SUSPECTED = "suspected"
+    NOT_SUSPECTED = "not_suspected"
+    INDETERMINATE = "indeterminate"
+
+
+class Priority(enum.StrEnum):
+    """Reading priority derived from the decision."""
+
+    HIGH = "HIGH"
+    ROUTINE = "ROUTINE"
 
 
 class DeliveryState(enum.StrEnum):
@@ -159,7 +199,7 @@ class Score(Base):
     fold_probabilities: Mapped[list[float]] = mapped_column(JSON)
     fold_votes: Mapped[int] = mapped_column(Integer)
     threshold: Mapped[float] = mapped_column(Float)
-    decision: Mapped[str] = mapped_column(String(STATUS_LENGTH))
+    decision: Mapped[Decision] = mapped_column(status_type(Decision))
     latency_ms: Mapped[float] = mapped_column(Float)
     batch_size: Mapped[int] = mapped_column(Integer)
     device: Mapped[str] = mapped_column(String(16))
@@ -180,8 +220,8 @@ class Report(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("study.id"), index=True)
     model_version: Mapped[str] = mapped_column(String(64))
     revision: Mapped[int] = mapped_column(Integer)
-    decision: Mapped[str] = mapped_column(String(STATUS_LENGTH))
-    priority: Mapped[str] = mapped_column(String(STATUS_LENGTH))
+    decision: Mapped[Decision] = mapped_column(status_type(Decision))
+    priority: Mapped[Priority] = mapped_column(status_type(Priority))
     probability_mean: Mapped[float] = mapped_column(Float)
     probability_std: Mapped[float] = mapped_column(Float)
     source_instance_id: Mapped[int] = mapped_column(ForeignKey("instance.id"))
@@ -202,15 +242,84 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("report_id", "destination", name="uq_delivery_report_destination"),
         Index("ix_delivery_state_updated_at", "state", "updated_at"),
+        Index("ix_delivery_state_next_attempt_at", "state", "next_attempt_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     report_id: Mapped[int] = mapped_column(ForeignKey("report.id"), index=True)
     destination: Mapped[str] = mapped_column(String(160))
     shadow: Mapped[bool] = mapped_column(Boolean, default=False)
-    state: Mapped[str] = mapped_column(String(STATUS_LENGTH), default=DeliveryState.PENDING)
+    state: Mapped[DeliveryState] = mapped_column(status_type(DeliveryState),
+                                                 default=DeliveryState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    last_error: Mapped[str | None] = mapped_column(String(1024))
+    last_error: Mapped[str | None] = mapped_column(String(ERROR_LENGTH))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Not to be tried before this (migration 0004): the backoff of ``retrying``, or the lease
+    # of an attempt in progress; the reconciler re-publishes ``pending``/``retrying`` past it.
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+# --- Re-scoring runs (migration 0003) -----------------------------------------------------------
+
+MESSAGE_LENGTH = 1024
+
+
+class RunStatus(enum.StrEnum):
+    """Where a re-scoring run is (``rescore_run.status``)."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # every selected instance has a score
+    PARTIAL = "partial"  # some instances (or reports) failed; rescore_failure says why
+    FAILED = "failed"  # the run stopped on an error; message says which
+    INTERRUPTED = "interrupted"  # killed or stopped; the next run continues it
+
+
+class RescoreRun(Base):
+    """One ``cxr-triage rescore`` run: what it selected, scored and changed."""
+
+    __tablename__ = "rescore_run"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64), index=True)
+    model_dir: Mapped[str] = mapped_column(String(1024))
+    mode: Mapped[str] = mapped_column(String(STATUS_LENGTH))
+    status: Mapped[RunStatus] = mapped_column(status_type(RunStatus), default=RunStatus.RUNNING)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    selected: Mapped[int] = mapped_column(Integer, default=0)
+    already_scored: Mapped[int] = mapped_column(Integer, default=0)
+    scored: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    flagged: Mapped[int] = mapped_column(Integer, default=0)
+    indeterminate: Mapped[int] = mapped_column(Integer, default=0)
+    decisions_changed: Mapped[int] = mapped_column(Integer, default=0)
+    studies_changed: Mapped[int] = mapped_column(Integer, default=0)
+    reports_written: Mapped[int] = mapped_column(Integer, default=0)
+    mean_probability: Mapped[float | None] = mapped_column(Float)
+    indeterminate_rate: Mapped[float | None] = mapped_column(Float)
+    mean_shift: Mapped[float | None] = mapped_column(Float)
+    probabilities: Mapped[list[float]] = mapped_column(JSON, default=list)
+    message: Mapped[str | None] = mapped_column(String(MESSAGE_LENGTH))
+
+
+class RescoreFailure(Base):
+    """An instance that could not be scored under a model version (one row per content)."""
+
+    __tablename__ = "rescore_failure"
+    __table_args__ = (
+        UniqueConstraint("instance_id", "model_version", "content_sha256",
+                         name="uq_rescore_failure_instance_model_content"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("rescore_run.id"), index=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instance.id"))
+    model_version: Mapped[str] = mapped_column(String(64))
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(REASON_LENGTH))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

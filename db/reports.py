@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.instances import dialect_insert
 from db.models import (
+    ERROR_LENGTH,
+    Decision,
     Delivery,
     DeliveryState,
     Instance,
     InstanceStatus,
+    Priority,
     Report,
     Score,
     Study,
     utcnow,
 )
-from db.scores import ERROR_LENGTH
 
 _PENDING = (InstanceStatus.RECEIVED.value, InstanceStatus.QUEUED.value,
             InstanceStatus.SCORING.value)
+# Deliveries still to be attempted (the reconciler publishes them when due).
+_DUE_STATES = (DeliveryState.PENDING, DeliveryState.RETRYING)
 # A HIGH report in one of these states has reached, or is on its way to, the destination.
 _HIGH_ON_ITS_WAY = (DeliveryState.SENT.value, DeliveryState.PENDING.value,
                     DeliveryState.RETRYING.value)
@@ -68,10 +72,31 @@ def latest_report(session: Session, study_id: int, model_version: str) -> Report
     ).first()
 
 
-def insert_report(session: Session, values: dict[str, Any]) -> int | None:
+@dataclass(frozen=True)
+class NewReport:
+    """One report revision as ``insert_report`` records it (the SR is already written)."""
+
+    study_id: int
+    model_version: str
+    revision: int
+    decision: Decision
+    priority: Priority
+    probability_mean: float
+    probability_std: float
+    source_instance_id: int  # the image whose result is the study's
+    scored_instance_count: int
+    sr_study_instance_uid: str
+    sr_series_instance_uid: str
+    sr_sop_instance_uid: str
+    file_path: str
+    predecessor_id: int | None  # the report this one supersedes
+    worker_host: str
+
+
+def insert_report(session: Session, report: NewReport) -> int | None:
     """Insert a report revision; ``None`` when another task wrote that revision first."""
     inserted = session.scalars(
-        dialect_insert(session, Report).values(created_at=utcnow(), **values)
+        dialect_insert(session, Report).values(created_at=utcnow(), **dataclasses.asdict(report))
         .on_conflict_do_nothing(index_elements=["study_id", "model_version", "revision"])
         .returning(Report.id)
     ).one_or_none()
@@ -85,7 +110,8 @@ def add_deliveries(session: Session, report_id: int, targets: Sequence[tuple[str
         session.execute(
             dialect_insert(session, Delivery).values(
                 report_id=report_id, destination=label, shadow=shadow,
-                state=DeliveryState.PENDING.value, attempts=0, created_at=now, updated_at=now)
+                state=DeliveryState.PENDING, attempts=0, created_at=now, updated_at=now,
+                next_attempt_at=now)
             .on_conflict_do_nothing(index_elements=["report_id", "destination"])
         )
 
@@ -100,11 +126,16 @@ def get_delivery(session: Session, report_id: int, destination: str) -> Delivery
 
 
 def set_delivery_state(session: Session, delivery: Delivery, state: DeliveryState,
-                       error: str | None = None) -> None:
-    """Record the state (and error) of a delivery; ``sent_at`` when it was sent."""
-    delivery.state = state.value
+                       error: str | None = None,
+                       next_attempt_at: dt.datetime | None = None) -> None:
+    """Record the state (and error) of a delivery; ``sent_at`` when it was sent.
+
+    ``next_attempt_at``: when a ``retrying`` delivery is due again (``None`` when final).
+    """
+    delivery.state = state
     delivery.last_error = None if error is None else error[:ERROR_LENGTH]
     delivery.updated_at = utcnow()
+    delivery.next_attempt_at = next_attempt_at
     if state is DeliveryState.SENT:
         delivery.sent_at = delivery.updated_at
 
@@ -118,7 +149,7 @@ def high_priority_on_its_way(session: Session, report: Report, destination: str)
         .where(Report.study_id == report.study_id,
                Report.model_version == report.model_version,
                Report.revision < report.revision,
-               Report.priority == "HIGH",
+               Report.priority == Priority.HIGH,
                Delivery.destination == destination,
                Delivery.state.in_(_HIGH_ON_ITS_WAY))
         .order_by(Report.revision.desc())
@@ -133,13 +164,14 @@ class DeliveryRow:
     report_id: int
     study_instance_uid: str
     revision: int
-    decision: str
-    priority: str
+    decision: Decision
+    priority: Priority
     destination: str
-    state: str
+    state: DeliveryState
     attempts: int
     last_error: str | None
     updated_at: dt.datetime
+    next_attempt_at: dt.datetime | None = None  # pending/retrying: when it is due
 
 
 def list_deliveries(session: Session, *, failed_only: bool = False,
@@ -156,31 +188,36 @@ def list_deliveries(session: Session, *, failed_only: bool = False,
         query = query.where(Delivery.state == DeliveryState.FAILED.value)
     return [
         DeliveryRow(r.id, str(uid), r.revision, r.decision, r.priority, d.destination, d.state,
-                    d.attempts, d.last_error, d.updated_at)
+                    d.attempts, d.last_error, d.updated_at,
+                    d.next_attempt_at if d.state in _DUE_STATES else None)
         for d, r, uid in session.execute(query).all()
     ]
 
 
 def requeue_deliveries(session: Session, *, report_id: int | None = None,
                        all_failed: bool = False) -> list[tuple[int, str]]:
-    """Put deliveries back to ``pending`` with a fresh attempt count.
+    """Put deliveries back to ``pending``, due now, with a fresh attempt count.
 
     ``report_id``: every delivery of that report not already sent (or shadow);
-    ``all_failed``: every ``failed`` delivery. Returns (report id, destination) pairs.
+    ``all_failed``: every ``failed`` delivery, and every ``retrying`` one past its due time.
+    Returns (report id, destination) pairs.
     """
+    now = utcnow()
     query = select(Delivery)
     if report_id is not None:
         query = query.where(Delivery.report_id == report_id, Delivery.state.not_in(
             [DeliveryState.SENT.value, DeliveryState.SHADOW.value]))
     elif all_failed:
-        query = query.where(Delivery.state == DeliveryState.FAILED.value)
+        overdue = and_(Delivery.state == DeliveryState.RETRYING,
+                       or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now))
+        query = query.where(or_(Delivery.state == DeliveryState.FAILED, overdue))
     else:
         return []
     rows = list(session.scalars(query.with_for_update()))
-    now = utcnow()
     if rows:
         session.execute(
             update(Delivery).where(Delivery.id.in_([d.id for d in rows]))
-            .values(state=DeliveryState.PENDING.value, attempts=0, updated_at=now)
+            .values(state=DeliveryState.PENDING.value, attempts=0, updated_at=now,
+                    next_attempt_at=now)
         )
     return [(d.report_id, d.destination) for d in rows]

@@ -1,4 +1,4 @@
-"""Re-scoring runs: the ``rescore_run`` and ``rescore_failure`` tables and their queries.
+"""Re-scoring runs: queries on the ``rescore_run`` and ``rescore_failure`` tables (db.models).
 
 A run records what one ``cxr-triage rescore`` did (counts, status, the distribution of mean
 probabilities for ``cxr-triage drift``). Scores themselves live in ``score`` (the checkpoint:
@@ -11,102 +11,31 @@ Like ``db.instances``, these functions never commit; the caller owns the transac
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    UniqueConstraint,
-    and_,
-    delete,
-    exists,
-    func,
-    select,
-    update,
-)
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import and_, delete, exists, func, select, update
+from sqlalchemy.orm import Session
 
-from db.base import Base
+from db.instances import dialect_insert
 from db.models import (
-    STATUS_LENGTH,
+    REASON_LENGTH,
+    Decision,
     Instance,
     InstanceStatus,
     Report,
+    RescoreFailure,
+    RescoreRun,
+    RunStatus,
     Score,
     Study,
-    UTCDateTime,
     utcnow,
 )
-from db.scores import REASON_LENGTH, dialect_insert
 
 CHUNK = 500  # ids per IN (...) list: well under every driver's parameter limit
-MESSAGE_LENGTH = 1024
-
-
-class RunStatus(enum.StrEnum):
-    """Where a re-scoring run is (``rescore_run.status``)."""
-
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"  # every selected instance has a score
-    PARTIAL = "partial"  # some instances (or reports) failed; rescore_failure says why
-    FAILED = "failed"  # the run stopped on an error; message says which
-    INTERRUPTED = "interrupted"  # killed or stopped; the next run continues it
-
-
-class RescoreRun(Base):
-    """One ``cxr-triage rescore`` run (migration 0003)."""
-
-    __tablename__ = "rescore_run"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    model_version: Mapped[str] = mapped_column(String(64), index=True)
-    model_dir: Mapped[str] = mapped_column(String(1024))
-    mode: Mapped[str] = mapped_column(String(STATUS_LENGTH))
-    status: Mapped[str] = mapped_column(String(STATUS_LENGTH), default=RunStatus.RUNNING)
-    host: Mapped[str] = mapped_column(String(255))
-    pid: Mapped[int] = mapped_column(Integer)
-    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
-    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
-    selected: Mapped[int] = mapped_column(Integer, default=0)
-    already_scored: Mapped[int] = mapped_column(Integer, default=0)
-    scored: Mapped[int] = mapped_column(Integer, default=0)
-    failed: Mapped[int] = mapped_column(Integer, default=0)
-    flagged: Mapped[int] = mapped_column(Integer, default=0)
-    indeterminate: Mapped[int] = mapped_column(Integer, default=0)
-    decisions_changed: Mapped[int] = mapped_column(Integer, default=0)
-    studies_changed: Mapped[int] = mapped_column(Integer, default=0)
-    reports_written: Mapped[int] = mapped_column(Integer, default=0)
-    mean_probability: Mapped[float | None] = mapped_column(Float)
-    indeterminate_rate: Mapped[float | None] = mapped_column(Float)
-    mean_shift: Mapped[float | None] = mapped_column(Float)
-    probabilities: Mapped[list[float]] = mapped_column(JSON, default=list)
-    message: Mapped[str | None] = mapped_column(String(MESSAGE_LENGTH))
-
-
-class RescoreFailure(Base):
-    """An instance that could not be scored under a model version (one row per content)."""
-
-    __tablename__ = "rescore_failure"
-    __table_args__ = (
-        UniqueConstraint("instance_id", "model_version", "content_sha256",
-                         name="uq_rescore_failure_instance_model_content"),
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int | None] = mapped_column(ForeignKey("rescore_run.id"), index=True)
-    instance_id: Mapped[int] = mapped_column(ForeignKey("instance.id"))
-    model_version: Mapped[str] = mapped_column(String(64))
-    content_sha256: Mapped[str] = mapped_column(String(64))
-    reason: Mapped[str] = mapped_column(String(REASON_LENGTH))
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 def chunks(ids: Sequence[int], size: int = CHUNK) -> Iterator[Sequence[int]]:
@@ -269,7 +198,7 @@ class ScoreRow:
     study_id: int
     sop_instance_uid: str
     model_version: str
-    decision: str
+    decision: Decision
     probability_mean: float
     probability_std: float
     fold_probabilities: tuple[float, ...]
@@ -323,12 +252,25 @@ def studies_reported_under(session: Session, study_ids: Sequence[int],
 # --- Runs ---------------------------------------------------------------------------------------
 
 
-def start_run(session: Session, values: dict[str, Any]) -> int:
+@dataclass(frozen=True)
+class NewRun:
+    """A run as it starts (``start_run``); the counts and results are filled in later."""
+
+    model_version: str
+    model_dir: str
+    mode: str  # "local" or "distributed"
+    host: str
+    pid: int
+    parameters: dict[str, Any]  # the request, as JSON
+
+
+def start_run(session: Session, run: NewRun) -> int:
     """Insert a ``running`` run and return its id."""
-    run = RescoreRun(status=RunStatus.RUNNING.value, started_at=utcnow(), **values)
-    session.add(run)
+    row = RescoreRun(status=RunStatus.RUNNING, started_at=utcnow(), probabilities=[],
+                     **dataclasses.asdict(run))
+    session.add(row)
     session.flush()
-    return int(run.id)
+    return int(row.id)
 
 
 def update_run(session: Session, run_id: int, **values: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sqlalchemy import and_, delete, exists, or_, select, update
@@ -17,16 +17,13 @@ from sqlalchemy.orm import Session
 
 from db.instances import dialect_insert
 from db.models import (
+    REASON_LENGTH,
     Instance,
     InstanceStatus,
     Score,
     ScoreClaim,
     utcnow,
 )
-
-REASON_LENGTH = 255
-ERROR_LENGTH = 1024
-
 
 # --- Claims -------------------------------------------------------------------------------------
 
@@ -130,30 +127,60 @@ def release_claims(session: Session, ids: Sequence[int], token: str) -> None:
 # --- Scores -------------------------------------------------------------------------------------
 
 
-def record_score(session: Session, values: dict[str, Any]) -> bool:
+@dataclass(frozen=True)
+class NewScore:
+    """One image's ensemble output under one model version, as the ``score`` row stores it."""
+
+    instance_id: int
+    model_version: str
+    content_sha256: str
+    probability_mean: float
+    probability_std: float
+    fold_probabilities: tuple[float, ...]
+    fold_votes: int
+    threshold: float
+    decision: str
+    latency_ms: float
+    batch_size: int
+    device: str
+    worker_host: str
+    created_at: dt.datetime = field(default_factory=utcnow)
+
+    def values(self) -> dict[str, Any]:
+        """The column values of the row."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["fold_probabilities"] = list(self.fold_probabilities)  # a JSON array
+        return values
+
+
+def record_score(session: Session, score: NewScore) -> bool:
     """Insert one score (once per instance, model version and content) and mark it ``scored``.
 
     Returns whether a new row was written (``False``: a duplicate delivery already had).
     """
     inserted = session.scalars(
-        dialect_insert(session, Score).values(**values).on_conflict_do_nothing(
+        dialect_insert(session, Score).values(**score.values()).on_conflict_do_nothing(
             index_elements=["instance_id", "model_version", "content_sha256"])
         .returning(Score.id)
     ).one_or_none()
     session.execute(
         update(Instance)
-        .where(Instance.id == values["instance_id"],
-               Instance.content_sha256 == values["content_sha256"])
+        .where(Instance.id == score.instance_id,
+               Instance.content_sha256 == score.content_sha256)
         .values(status=InstanceStatus.SCORED.value, status_reason=None, updated_at=utcnow())
     )
     return inserted is not None
 
 
-def mark_failed(session: Session, instance_id: int, reason: str) -> None:
-    """Record that an instance can't be scored, and why (never dropped silently)."""
+def mark_failed(session: Session, instance_id: int, content_sha256: str, reason: str) -> None:
+    """Record that an instance's content can't be scored, and why (never dropped silently).
+
+    Only the content that failed is marked: a resend with other content that arrived in the
+    meantime keeps its own status (as ``record_score`` does).
+    """
     session.execute(
         update(Instance)
-        .where(Instance.id == instance_id)
+        .where(Instance.id == instance_id, Instance.content_sha256 == content_sha256)
         .values(status=InstanceStatus.FAILED.value, status_reason=reason[:REASON_LENGTH],
                 updated_at=utcnow())
     )

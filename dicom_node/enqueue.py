@@ -1,8 +1,10 @@
 """Publishing received instances to the ``score`` queue, off the association threads.
 
 The C-STORE handler only hands an instance id to :class:`Enqueuer`; a background thread publishes
-it and marks the row ``queued``. When the broker is down the row stays ``received`` and the
-sweeper publishes it again later, so a broker outage loses nothing.
+it and marks the row ``queued``, and makes its study's report due within ``report_due_s`` (the
+lease), so the study is reported even if every later message is lost. When the broker is down
+the row stays ``received`` and the reconciler (``dicom_node.reconcile``) hands it back later, so
+a broker outage loses nothing.
 """
 
 from __future__ import annotations
@@ -13,62 +15,41 @@ import queue
 import threading
 from collections.abc import Callable
 
-from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.queues import QUEUE_SCORE, TASK_SCORE_INSTANCE
-from db.instances import mark_enqueued, stale_received
+from db.instances import mark_enqueued
 from db.models import Instance, InstanceStatus, utcnow
+from db.recovery import schedule_report_of_instance
 
 LOGGER = logging.getLogger(__name__)
 _STOP = -1
 
-Publisher = Callable[[int], None]
-
-
-def celery_publisher(app: Celery) -> Publisher:
-    """Publish ``score_instance(instance_id)`` without Celery's own retry loop (we sweep)."""
-
-    def publish(instance_id: int) -> None:
-        app.send_task(
-            TASK_SCORE_INSTANCE, args=[instance_id], queue=QUEUE_SCORE, retry=False
-        )
-
-    return publish
+Publisher = Callable[[int], None]  # publishes score_instance(instance_id)
 
 
 class Enqueuer:
-    """A single publishing thread plus a periodic sweeper of rows left ``received``."""
+    """A single publishing thread for instances left ``received``."""
 
-    def __init__(
-        self,
-        publish: Publisher,
-        sessions: sessionmaker[Session],
-        sweep_interval_s: float,
-        sweep_after_s: float,
-    ) -> None:
+    def __init__(self, publish: Publisher, sessions: sessionmaker[Session],
+                 report_due_s: float) -> None:
         self._publish = publish
         self._sessions = sessions
-        self._sweep_interval_s = sweep_interval_s
-        self._sweep_after_s = sweep_after_s
+        self._report_due_s = report_due_s
         self._pending: queue.Queue[int] = queue.Queue()
         self._pending_ids: set[int] = set()
         self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        for target, name in ((self._publish_loop, "enqueuer"), (self._sweep_loop, "sweeper")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._thread = threading.Thread(target=self._publish_loop, name="enqueuer", daemon=True)
+        self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stopped.set()
         self._pending.put(_STOP)
-        for thread in self._threads:
-            thread.join(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
 
     def submit(self, instance_id: int) -> None:
         """Queue an id for publishing (once, however often submitted); never blocks."""
@@ -84,15 +65,18 @@ class Enqueuer:
             return True  # another node, or an earlier attempt, already published it
         try:
             self._publish(instance_id)
-        except Exception as exc:  # any broker failure: the sweeper will try again
+        except Exception as exc:  # any broker failure: the reconciler will try again
             LOGGER.warning(
-                "instance %d: broker unavailable, left as received for the sweeper (%s: %s)",
+                "instance %d: broker unavailable, left as received for the reconciler (%s: %s)",
                 instance_id, type(exc).__name__, exc,
             )
             return False
+        now = utcnow()
         try:
             with self._sessions.begin() as session:
                 mark_enqueued(session, instance_id)
+                schedule_report_of_instance(
+                    session, instance_id, now + dt.timedelta(seconds=self._report_due_s))
         except Exception as exc:  # published; a redelivery is harmless (scoring is idempotent)
             LOGGER.warning("instance %d: published but not marked queued (%s)", instance_id, exc)
         return True
@@ -107,22 +91,6 @@ class Enqueuer:
             return True
         return status == InstanceStatus.RECEIVED.value
 
-    def sweep(self, after_s: float | None = None) -> int:
-        """Queue every row left ``received`` for longer than ``after_s`` (default setting)."""
-        age = self._sweep_after_s if after_s is None else after_s
-        cutoff = utcnow() - dt.timedelta(seconds=age)
-        try:
-            with self._sessions() as session:
-                ids = stale_received(session, cutoff)
-        except Exception as exc:
-            LOGGER.warning("sweeper: database unavailable (%s)", exc)
-            return 0
-        for instance_id in ids:
-            self.submit(instance_id)
-        if ids:
-            LOGGER.info("sweeper: %d instances left received, queued for publishing", len(ids))
-        return len(ids)
-
     def _publish_loop(self) -> None:
         while True:
             instance_id = self._pending.get()
@@ -131,8 +99,3 @@ class Enqueuer:
             with self._lock:
                 self._pending_ids.discard(instance_id)
             self.publish_now(instance_id)
-
-    def _sweep_loop(self) -> None:
-        self.sweep(after_s=0)  # rows a previous run left behind
-        while not self._stopped.wait(self._sweep_interval_s):
-            self.sweep()

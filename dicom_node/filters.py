@@ -2,6 +2,8 @@
 
 Rules map a DICOM keyword to the values that qualify (case-insensitive); the empty string means
 "absent or empty qualifies". They can be replaced by a JSON file (``TRIAGE_FILTER_FILE``).
+The verdict is decided from values the header check already read (:attr:`TriageRules.keywords`),
+before the instance is committed, so evaluating it never touches the file.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataset import Dataset
 
 from dicom_node.errors import NodeError
 
@@ -58,10 +59,15 @@ class TriageRules:
             raise NodeError(f"triage rules in {path} must be a JSON object of keyword -> values")
         return cls.from_mapping(data)
 
-    def evaluate(self, header: Dataset) -> Verdict:
-        """Check ``header`` against every rule; the first failing rule gives the reason."""
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        """The attributes the rules look at (the header check reads them)."""
+        return tuple(self.rules)
+
+    def evaluate(self, attributes: Mapping[str, str]) -> Verdict:
+        """Check header values (keyword -> text) against every rule; the first failure is why."""
         for keyword, allowed in self.rules.items():
-            value = str(header.get(keyword, "") or "").strip().upper()
+            value = (attributes.get(keyword) or "").strip().upper()
             if value not in allowed:
                 shown = value or "(empty)"
                 listed = ", ".join(v or "(empty)" for v in allowed)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import cast
 
 from pynetdicom import events
@@ -47,25 +48,62 @@ def handle_echo(event: events.Event) -> int:
 
 
 def handle_store(event: events.Event, ingestor: Ingestor) -> int:
-    """EVT_C_STORE: store durably, record, queue.
+    """EVT_C_STORE: store durably, record, queue. Never raises (that would answer 0xC211).
 
     Returns one of :class:`~dicom_node.status.StoreStatus`: SUCCESS, OUT_OF_RESOURCES,
     OUT_OF_RESOURCES_DISK_FULL, OUT_OF_RESOURCES_DATABASE, DATASET_DOES_NOT_MATCH_SOP_CLASS,
-    CANNOT_UNDERSTAND, CANNOT_UNDERSTAND_INVALID_UID, CANNOT_UNDERSTAND_NO_PIXEL_DATA or
-    CANNOT_UNDERSTAND_UID_MISMATCH.
+    CANNOT_UNDERSTAND, CANNOT_UNDERSTAND_INVALID_UID, CANNOT_UNDERSTAND_NO_PIXEL_DATA,
+    CANNOT_UNDERSTAND_UID_MISMATCH, CANNOT_UNDERSTAND_TOO_LARGE or
+    CANNOT_UNDERSTAND_UNEXPECTED.
     """
-    request = cast(C_STORE, event.request)
-    return int(
-        ingestor.ingest(
-            received=event.dataset_path,
-            calling_ae=event.assoc.requestor.ae_title,
-            sop_class_uid=str(request.AffectedSOPClassUID),
-            sop_instance_uid=str(request.AffectedSOPInstanceUID),
-            transfer_syntax_uid=str(event.context.transfer_syntax),
+    try:
+        request = cast(C_STORE, event.request)
+        return int(
+            ingestor.ingest(
+                received=event.dataset_path,
+                calling_ae=event.assoc.requestor.ae_title,
+                sop_class_uid=str(request.AffectedSOPClassUID),
+                sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+            )
         )
-    )
+    except Exception as exc:  # ingest() never raises; this guards reading the event itself
+        status = StoreStatus.CANNOT_UNDERSTAND_UNEXPECTED
+        LOGGER.error("C-STORE refused (0x%04X %s): unexpected %s before ingest",
+                     status, status.name, type(exc).__name__)
+        _remove(getattr(event.request, "_dataset_path", None))
+        return int(status)
 
 
 def handle_released(event: events.Event) -> None:
-    """EVT_RELEASED / EVT_ABORTED: log the end of an association."""
+    """EVT_RELEASED / EVT_ABORTED: log the end of an association, drop a partial dataset."""
     LOGGER.info("association with %s ended (%s)", event.assoc.requestor.ae_title, event.event.name)
+    handle_closed(event)
+
+
+def handle_closed(event: events.Event) -> None:
+    """EVT_CONN_CLOSE (and the end of an association): delete a dataset cut off mid-transfer.
+
+    pynetdicom creates the temporary file of a C-STORE when its command arrives and deletes it
+    only after the handler ran; a transfer that never completes would leave patient data behind.
+    """
+    try:
+        message = getattr(event.assoc.dimse, "message", None)
+        partial = getattr(message, "_data_set_file", None)
+        if partial is None:
+            return
+        partial.close()
+        _remove(getattr(message, "_data_set_path", None))
+        LOGGER.info("association with %s ended mid-transfer: partial dataset deleted",
+                    event.assoc.requestor.ae_title)
+    except Exception as exc:  # a handler must not raise; prepare() clears leftovers at start
+        LOGGER.error("can't delete a partial dataset: %s", type(exc).__name__)
+
+
+def _remove(path: object) -> None:
+    if path is None:
+        return
+    try:
+        Path(str(path)).unlink(missing_ok=True)
+    except OSError as exc:
+        LOGGER.error("can't remove a received temporary file: %s", exc.strerror)

@@ -1,10 +1,15 @@
-"""Reading and checking the header of a received instance without loading its pixel data."""
+"""Reading and checking the header of a received instance, before anything is committed.
+
+Every value the node keeps is read here, inside the guarded check, into plain values: nothing is
+read lazily from the file afterwards (by then it has been renamed). A deflated dataset is
+inflated first into a bounded scratch file (:mod:`dicom_node.deflate`).
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,14 +17,19 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from db.instances import StudyFacts
+from dicom_node.deflate import MAX_INFLATED_BYTES, InflateError, inflated_copy
 from dicom_node.errors import NodeError
 from dicom_node.status import StoreStatus
 from dicom_node.uids import InvalidUIDError, require_uid
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 UNDEFINED_LENGTH = 0xFFFFFFFF
+DEFER_SIZE = 4096  # larger values stay on disk unless the node needs them (then read here)
+FACT_KEYWORDS = ("Modality", "BodyPartExamined", "ViewPosition")
 
 
 class RejectedInstanceError(NodeError):
@@ -31,14 +41,23 @@ class RejectedInstanceError(NodeError):
 
 
 @dataclass(frozen=True)
-class Header:
-    """The facts the node keeps about one instance."""
+class StoreRequest:
+    """What the C-STORE request says about the dataset it carries."""
 
-    dataset: Dataset
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+
+
+@dataclass(frozen=True)
+class Header:
+    """The facts the node keeps about one instance, as plain values."""
+
     study: StudyFacts
     sop_class_uid: str
     sop_instance_uid: str
     series_instance_uid: str
+    attributes: Mapping[str, str]  # keyword -> stripped text ("" when absent)
 
 
 class _ParseProblems(logging.Handler):
@@ -72,22 +91,76 @@ _PROBLEMS = _ParseProblems()
 logging.getLogger("pydicom").addHandler(_PROBLEMS)
 
 
-def read_header(path: Path) -> Dataset:
-    """Parse everything but large values (they stay deferred on disk)."""
+def inspect(
+    path: Path,
+    request: StoreRequest,
+    *,
+    keywords: Iterable[str] = (),
+    strict_uids: bool = False,
+    max_inflated: int = MAX_INFLATED_BYTES,
+) -> Header:
+    """Parse and check a received file and read everything the node keeps from it.
+
+    ``keywords`` are the attributes the triage rules need besides the ones always kept. Raises
+    :class:`RejectedInstanceError` with the status to answer; the file is never modified.
+    """
+    deflated = DeflatedExplicitVRLittleEndian in (request.transfer_syntax_uid, _syntax_of(path))
+    if not deflated:  # pydicom would inflate a deflated file whole, unbounded
+        return _inspect_plain(path, request, keywords, strict_uids)
+    try:
+        with inflated_copy(path, max_inflated) as plain:
+            return _inspect_plain(plain, request, keywords, strict_uids)
+    except InflateError as exc:
+        status = (StoreStatus.CANNOT_UNDERSTAND_TOO_LARGE if exc.too_large
+                  else StoreStatus.CANNOT_UNDERSTAND)
+        raise RejectedInstanceError(status, str(exc)) from exc
+
+
+def _syntax_of(path: Path) -> str | None:
+    """The transfer syntax the File Meta names (the receiver writes the negotiated one)."""
+    try:
+        return str(read_file_meta_info(path).get("TransferSyntaxUID", "")) or None
+    except Exception as exc:  # pydicom raises many types for malformed input
+        raise RejectedInstanceError(
+            StoreStatus.CANNOT_UNDERSTAND, f"File Meta can't be parsed ({type(exc).__name__})"
+        ) from exc
+
+
+def _inspect_plain(path: Path, request: StoreRequest, keywords: Iterable[str],
+                   strict_uids: bool) -> Header:
     with _PROBLEMS.collect() as problems:
-        try:
-            dataset = dcmread(path, defer_size=4096)
-            dataset.get("Modality")  # force conversion of one element: catches garbage early
-        except Exception as exc:  # pydicom raises many types for malformed input
-            raise RejectedInstanceError(
-                StoreStatus.CANNOT_UNDERSTAND,
-                f"dataset can't be parsed: {type(exc).__name__}: {exc}",
-            ) from exc
+        dataset = read_header(path)
+        _refuse_if_truncated(problems)
+        header = check_header(
+            dataset,
+            requested_class=request.sop_class_uid,
+            requested_instance=request.sop_instance_uid,
+            file_size=path.stat().st_size,
+            strict_uids=strict_uids,
+            keywords=keywords,
+        )
+        _refuse_if_truncated(problems)  # deferred values read by the check
+    return header
+
+
+def _refuse_if_truncated(problems: list[str]) -> None:
     fatal = [m for m in problems if any(marker in m for marker in _ParseProblems.FATAL)]
     if fatal:
         raise RejectedInstanceError(
             StoreStatus.CANNOT_UNDERSTAND, f"dataset is truncated: {fatal[0]}"
         )
+
+
+def read_header(path: Path) -> Dataset:
+    """Parse everything but large values (they stay deferred on disk)."""
+    try:
+        dataset = dcmread(path, defer_size=DEFER_SIZE)
+        dataset.get("Modality")  # force conversion of one element: catches garbage early
+    except Exception as exc:  # pydicom raises many types for malformed input
+        # the type only: a message may quote header values (patient data)
+        raise RejectedInstanceError(
+            StoreStatus.CANNOT_UNDERSTAND, f"dataset can't be parsed ({type(exc).__name__})"
+        ) from exc
     if len(dataset) == 0:
         raise RejectedInstanceError(
             StoreStatus.CANNOT_UNDERSTAND, "dataset has no decodable elements"
@@ -95,12 +168,27 @@ def read_header(path: Path) -> Dataset:
     return dataset
 
 
+def _raw_text(dataset: Dataset, keyword: str) -> str | None:
+    """An attribute's value as text, read now (deferred values too); ``None`` when absent."""
+    try:
+        value = dataset.get(keyword)
+        return None if value is None else str(value)
+    except Exception as exc:  # pydicom converts values lazily and raises many types
+        raise RejectedInstanceError(
+            StoreStatus.CANNOT_UNDERSTAND, f"{keyword} can't be decoded ({type(exc).__name__})"
+        ) from exc
+
+
+def _clean(text: str | None) -> str:
+    """Text a database column can hold: no NUL characters, no unpaired surrogates."""
+    if not text:
+        return ""
+    text = text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    return text.strip()
+
+
 def _text(dataset: Dataset, keyword: str, limit: int) -> str | None:
-    value = dataset.get(keyword)
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text[:limit] if text else None
+    return _clean(_raw_text(dataset, keyword))[:limit] or None
 
 
 def _check_pixels(dataset: Dataset, file_size: int) -> None:
@@ -111,6 +199,7 @@ def _check_pixels(dataset: Dataset, file_size: int) -> None:
         raise RejectedInstanceError(StoreStatus.CANNOT_UNDERSTAND_NO_PIXEL_DATA, "no Rows/Columns")
     raw = dataset.get_item(keyword, keep_deferred=True)
     if isinstance(raw, RawDataElement) and raw.length != UNDEFINED_LENGTH:
+        # file_size is the size of the file parsed: the inflated copy for a deflated dataset
         if raw.value_tell + raw.length > file_size:
             raise RejectedInstanceError(
                 StoreStatus.CANNOT_UNDERSTAND_NO_PIXEL_DATA, "Pixel Data is truncated"
@@ -123,7 +212,7 @@ def _check_pixels(dataset: Dataset, file_size: int) -> None:
 
 def _uid(dataset: Dataset, keyword: str, strict: bool) -> str:
     try:
-        return require_uid(dataset.get(keyword), keyword, strict=strict)
+        return require_uid(_raw_text(dataset, keyword), keyword, strict=strict)
     except InvalidUIDError as exc:
         raise RejectedInstanceError(StoreStatus.CANNOT_UNDERSTAND_INVALID_UID, str(exc)) from exc
 
@@ -135,8 +224,9 @@ def check_header(
     requested_instance: str,
     file_size: int,
     strict_uids: bool = False,
+    keywords: Iterable[str] = (),
 ) -> Header:
-    """Validate UIDs and pixel data against the C-STORE request (PS3.4 B.2.3)."""
+    """Validate UIDs and pixel data against the C-STORE request (PS3.4 B.2.3), read the facts."""
     sop_class = _uid(dataset, "SOPClassUID", strict_uids)
     sop_instance = _uid(dataset, "SOPInstanceUID", strict_uids)
     if sop_class != requested_class:
@@ -160,4 +250,6 @@ def check_header(
         study_date=_text(dataset, "StudyDate", 8),
         study_description=_text(dataset, "StudyDescription", 64),
     )
-    return Header(dataset, study, sop_class, sop_instance, series_uid)
+    wanted = dict.fromkeys((*FACT_KEYWORDS, *keywords))
+    attributes = {keyword: _clean(_raw_text(dataset, keyword)) for keyword in wanted}
+    return Header(study, sop_class, sop_instance, series_uid, attributes)

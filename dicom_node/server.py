@@ -9,15 +9,14 @@ from typing import Any
 
 from pydicom import config as pydicom_config
 from pynetdicom import _config, evt
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine
 
 from common.queues import make_celery
-from db.migrate import upgrade
+from db.migrate import require_current
 from db.session import make_engine, make_session_factory
 from dicom_node.admission import Admission
 from dicom_node.ae import build_ae
-from dicom_node.enqueue import Enqueuer, Publisher, celery_publisher
+from dicom_node.enqueue import Enqueuer, Publisher
 from dicom_node.errors import NodeError
 from dicom_node.filters import TriageRules
 from dicom_node.handlers import (
@@ -27,9 +26,11 @@ from dicom_node.handlers import (
     handle_store,
 )
 from dicom_node.ingest import Ingestor
+from dicom_node.reconcile import CeleryDoorbell, Reconciler, ReconcileSettings
 from dicom_node.settings import NodeSettings
 from dicom_node.storage import InstanceStore
 from dicom_node.tls import server_context
+from dicom_node.transport import IntakeLimits, IntakeServer, start_intake_server
 
 LOGGER = logging.getLogger(__name__)
 
@@ -48,9 +49,10 @@ class Node:
     def __init__(self, settings: NodeSettings, publish: Publisher | None = None) -> None:
         self.settings = settings
         self._engine: Engine | None = None
-        self._server: ThreadedAssociationServer | None = None
+        self._server: IntakeServer | None = None
         self._publish = publish
         self.enqueuer: Enqueuer | None = None
+        self.reconciler: Reconciler | None = None
 
     def start(self) -> None:
         settings = self.settings
@@ -62,11 +64,12 @@ class Node:
         _config.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(store.incoming)
         self._engine = make_engine(settings.db.url)
-        upgrade(self._engine)
+        require_current(self._engine)  # `cxr-triage db upgrade` migrates, not the node
         sessions = make_session_factory(self._engine)
-        publish = self._publish or celery_publisher(make_celery(settings.broker))
-        self.enqueuer = Enqueuer(publish, sessions, settings.sweep_interval_s,
-                                 settings.sweep_after_s)
+        doorbell = CeleryDoorbell(make_celery(settings.broker))
+        recovery = ReconcileSettings.for_node(settings)
+        self.enqueuer = Enqueuer(self._publish or doorbell.score, sessions, recovery.lease_s)
+        self.reconciler = Reconciler(doorbell, sessions, recovery, self.enqueuer.submit)
         rules = (TriageRules.from_file(settings.filter_file) if settings.filter_file
                  else TriageRules())
         ingestor = Ingestor(store, sessions, rules, self.enqueuer.submit, settings.strict_uids)
@@ -80,11 +83,9 @@ class Node:
         ]
         ae = build_ae(settings)
         try:
-            self._server = ae.start_server(
-                (settings.host, settings.port),
-                block=False,
-                evt_handlers=handlers,
-                ssl_context=server_context(settings.tls),
+            self._server = start_intake_server(
+                ae, (settings.host, settings.port), handlers, server_context(settings.tls),
+                IntakeLimits.from_settings(settings),
             )
         except OSError as exc:
             raise NodeError(
@@ -92,6 +93,7 @@ class Node:
                 "set TRIAGE_PORT or stop the other listener"
             ) from exc
         self.enqueuer.start()
+        self.reconciler.start()  # the database drives recovery: docs/operations.md
         LOGGER.info(
             "node %s listening on %s:%d%s (storage %s)", settings.ae_title, settings.host,
             self.port, " with TLS" if settings.tls.enabled else "", settings.storage_dir,
@@ -107,6 +109,8 @@ class Node:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        if self.reconciler is not None:
+            self.reconciler.stop()
         if self.enqueuer is not None:
             self.enqueuer.stop()
         if self._engine is not None:

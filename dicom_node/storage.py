@@ -3,6 +3,10 @@
 Layout: ``<storage>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>-<sha256[:12]>.dcm``. The hash suffix
 means a resend with different content never overwrites a file that was already acknowledged.
 Incoming data lands in ``<storage>/.incoming`` (same file system, so the move is a rename).
+
+Every file of one SOP Instance UID lives at a path named after it, so :meth:`InstanceStore.lock`
+on that UID serialises everything that creates or removes such a file: committing a resend,
+undoing it when the database fails, and removing the file a changed resend replaced.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +72,11 @@ class InstanceStore:
         self.root = root
         self.incoming = root / INCOMING_DIR_NAME
         self.min_free_bytes = min_free_bytes
+        self._locks = _KeyedLocks()
+
+    def lock(self, sop_instance_uid: str) -> AbstractContextManager[None]:
+        """Hold while creating, recording or removing the files of one SOP Instance UID."""
+        return self._locks.hold(sop_instance_uid)
 
     def prepare(self) -> None:
         """Create the tree and drop leftovers of an earlier crash (never acknowledged)."""
@@ -76,8 +88,16 @@ class InstanceStore:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
+    def room(self) -> int:
+        """Bytes that may still be written before free space crosses the floor."""
+        return self.free_bytes() - self.min_free_bytes
+
     def check_space(self, needed: int = 0) -> None:
-        """Raise :class:`DiskFullError` when storing ``needed`` more bytes would cross the floor."""
+        """Raise :class:`DiskFullError` when storing ``needed`` more bytes would cross the floor.
+
+        ``needed`` is the size of the incoming file: its temporary copy already counts as used,
+        but a copy into place (another file system) needs the same again.
+        """
         free = self.free_bytes()
         if free - needed < self.min_free_bytes:
             raise DiskFullError(
@@ -112,6 +132,7 @@ class InstanceStore:
         """
         size = source.stat().st_size
         existed = final.exists()
+        placed = False
         try:
             self._make_dirs(final.parent)
             _fsync_path(source)
@@ -121,8 +142,11 @@ class InstanceStore:
                 if exc.errno != errno.EXDEV:
                     raise
                 self._copy_into_place(source, final)
+            placed = True
             _fsync_path(final.parent, directory=True)
         except OSError as exc:
+            if placed and not existed:
+                final.unlink(missing_ok=True)  # not durable, and no row will reference it
             if _is_space_error(exc):
                 raise DiskFullError(exc.errno, f"storage is full: {exc.strerror}") from exc
             raise
@@ -140,6 +164,45 @@ class InstanceStore:
             partial.unlink(missing_ok=True)
 
     def discard(self, stored: StoredFile) -> None:
-        """Undo :meth:`commit` when the database could not record the instance."""
+        """Undo :meth:`commit` when the database could not record the instance.
+
+        A file that was already there stays: a committed row may reference it. Call while
+        holding :meth:`lock` for the instance, so no other association recorded it meanwhile.
+        """
         if not stored.existed:
-            stored.path.unlink(missing_ok=True)
+            self.remove(stored.path)
+
+    def remove(self, path: Path) -> bool:
+        """Delete a stored file no row references any more; ``False`` if it is not in the tree."""
+        if not path.is_relative_to(self.root) or path.is_relative_to(self.incoming):
+            return False
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return True
+        _fsync_path(path.parent, directory=True)
+        return True
+
+
+class _KeyedLocks:
+    """One lock per key, created on demand and dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)

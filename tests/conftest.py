@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.markers import mark_postgresql_cases
 from tests.support.services import ensure_postgres, ensure_redis, fresh_postgres_database
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,3 +49,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     ensure_postgres()
     with fresh_postgres_database() as url:
         yield url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Cases on PostgreSQL need a server wherever they live (tests/support/markers.py)."""
+    mark_postgresql_cases(items)

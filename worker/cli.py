@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import socket
 from pathlib import Path
 
+from common.config import apply_overrides
 from worker.settings import DEVICES, WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -15,22 +15,19 @@ POOLS = ("prefork", "solo", "threads")
 
 
 def _settings(args: argparse.Namespace) -> WorkerSettings:
-    settings = WorkerSettings.from_env()
-    overrides = {}
-    if getattr(args, "device", None):
-        overrides["device"] = args.device
-    if getattr(args, "model_dir", None):
-        overrides["model_dir"] = Path(args.model_dir)
-    return dataclasses.replace(settings, **overrides) if overrides else settings
+    return apply_overrides(WorkerSettings.from_env(),
+                           model_dir=Path(args.model_dir) if args.model_dir else None,
+                           **{"inference.device": args.device})
 
 
-def _upgrade(url: str) -> None:
-    from db.migrate import upgrade
+def _require_current_schema(url: str) -> None:
+    """Refuse to start on a database that `cxr-triage db upgrade` has not brought to head."""
+    from db.migrate import require_current
     from db.session import make_engine
 
     engine = make_engine(url)
     try:
-        upgrade(engine)
+        require_current(engine)
     finally:
         engine.dispose()
 
@@ -42,11 +39,11 @@ def _worker(args: argparse.Namespace) -> int:
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     concurrency = args.concurrency or (
         settings.score_concurrency if "score" in queues else settings.deliver_concurrency)
-    _upgrade(settings.db.url)
+    _require_current_schema(settings.db.url)
     app, context = create_app(settings)
     name = args.hostname or f"{'+'.join(queues)}@{socket.gethostname()}"
     logger.info("worker %s: queues %s, concurrency %d, device %s, model %s, %d destinations",
-                name, ",".join(queues), concurrency, settings.device, settings.model_dir,
+                name, ",".join(queues), concurrency, settings.inference.device, settings.model_dir,
                 len(context.destinations))
     app.worker_main([
         "worker", "--queues", ",".join(queues), "--concurrency", str(concurrency),
@@ -68,13 +65,16 @@ def _deliveries(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     header = ("REPORT", "REV", "DECISION", "PRIORITY", "DESTINATION", "STATE", "TRIES",
-              "UPDATED (UTC)", "STUDY / LAST ERROR")
+              "UPDATED (UTC)", "NEXT ATTEMPT (UTC)", "STUDY / LAST ERROR")
     print("\t".join(header))
+    stamp = "%Y-%m-%d %H:%M:%S"
     for r in rows:
+        # pending/retrying: when it is due (the node's reconciler publishes it then); else -
+        due = r.next_attempt_at.strftime(stamp) if r.next_attempt_at else "-"
         print("\t".join([str(r.report_id), str(r.revision), r.decision, r.priority,
-                         r.destination, r.state, str(r.attempts),
-                         r.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
-                         r.study_instance_uid + (f" / {r.last_error}" if r.last_error else "")]))
+                         r.destination, r.state, str(r.attempts), r.updated_at.strftime(stamp),
+                         due, r.study_instance_uid + (f" / {r.last_error}" if r.last_error
+                                                      else "")]))
     return 0
 
 
@@ -123,5 +123,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     redeliver = subparsers.add_parser("redeliver", help="queue deliveries again")
     redeliver.add_argument("--report", type=int, help="every unsent delivery of this report")
-    redeliver.add_argument("--all-failed", action="store_true", help="every failed delivery")
+    redeliver.add_argument("--all-failed", action="store_true",
+                           help="every failed delivery, and every retrying one past its time")
     redeliver.set_defaults(func=_redeliver)

@@ -1,17 +1,73 @@
-"""Celery retry options shared by every task that touches the database."""
+"""What is worth retrying, how long to wait, and the Celery retry options of the tasks.
+
+A step that fails is never dropped: the report and delivery steps record every failure with its
+reason. Failures that can succeed later (a file system error such as a full disk, a database
+outage) are retried with exponential backoff; anything else is recorded as ``failed``.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-# A database restart or failover surfaces as OperationalError: retry with backoff, then give up
-# (the row stays in a state the sweeper or a redelivery picks up again).
+from common.errors import TriageError
+
+# Database errors that come and go: a restart, a failover, a lock held too long, a full pool.
+TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (
+    OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
+
+# A database outage while a task records its outcome: Celery retries the task with backoff,
+# then gives up; the step's due time stays in the database, so the node's reconciler publishes
+# it again later.
 DB_RETRY: dict[str, Any] = {
-    "autoretry_for": (OperationalError,),
+    "autoretry_for": TRANSIENT_DB_ERRORS,
     "retry_backoff": 2,
     "retry_backoff_max": 60,
     "retry_jitter": True,
     "max_retries": 20,
 }
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc``, or an error it was raised from (``raise ... from``), may go away by
+    itself: an ``OSError`` (disk full, storage not mounted, connection refused) or a database
+    outage."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (OSError, *TRANSIENT_DB_ERRORS)):
+            return True
+        seen.add(id(current))
+        current = current.__cause__
+    return False
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong, for the record: ``Type: message`` for our own errors, OS and database
+    errors (whose messages name files and servers); only the type for anything else, whose
+    message may quote header values. A ``raise ... from`` cause is named too."""
+    text = _message(exc)
+    cause = exc.__cause__
+    if cause is not None:
+        text += f" (from {_message(cause)})"
+    return text
+
+
+def _message(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if isinstance(exc, DBAPIError):
+        return f"{name}: {str(exc.orig).strip()}"  # without the statement and its parameters
+    if isinstance(exc, (TriageError, OSError)):
+        return f"{name}: {exc}"
+    return f"{name} (unexpected; the worker log says where)"
+
+
+def backoff_s(attempt: int, *, base_s: float, max_s: float) -> float:
+    """Exponential backoff before retry ``attempt`` (1-based): base, 2 base, 4 base ... max."""
+    if attempt < 1:
+        return 0.0
+    exponent = min(attempt - 1, 32)
+    return float(min(max_s, base_s * math.pow(2, exponent)))

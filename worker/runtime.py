@@ -79,13 +79,7 @@ class WorkerContext:
         """The ensemble, loaded (and hash-checked) on first use in this process."""
         with self._lock:
             if self._ensemble is None:
-                self._ensemble = Ensemble.load(
-                    self.settings.model_dir, device=self.settings.device,
-                    torch_threads=self.settings.torch_threads,
-                    precision=self.settings.inference_precision,
-                    backend=self.settings.inference_backend,
-                    cache_dir=self.settings.openvino_cache_dir,
-                    exact_margin=self.settings.exact_margin)
+                self._ensemble = Ensemble.load(self.settings.model_dir, self.settings.inference)
                 self._manifest = self._ensemble.manifest
             return self._ensemble
 
@@ -102,18 +96,27 @@ class WorkerContext:
             self._engine.dispose(close=False)
 
     def scoring_options(self) -> ScoringOptions:
-        s = self.settings
-        return ScoringOptions(batch_size=s.score_batch, indeterminate_std=s.indeterminate_std,
-                              lease_s=s.score_lease_s, hold_after_claim_s=s.hold_after_claim_s,
-                              worker_host=self.host)
+        return ScoringOptions.from_settings(self.settings, self.host)
 
     def report_options(self) -> ReportOptions:
-        s = self.settings
-        return ReportOptions(report_dir=s.report_dir, quiet_s=s.study_quiet_s,
-                             max_wait_s=s.report_max_wait_s, worker_host=self.host)
+        return report_options(self.settings, self.host)
 
     def delivery_options(self) -> DeliveryOptions:
-        s = self.settings
-        return DeliveryOptions(calling_ae=s.calling_ae, max_attempts=s.delivery_max_attempts,
-                               backoff_s=s.delivery_backoff_s,
-                               backoff_max_s=s.delivery_backoff_max_s)
+        return delivery_options(self.settings)
+
+
+def report_options(settings: WorkerSettings, host: str) -> ReportOptions:
+    """Reporting's options, from the worker settings (the worker and ``rescore``)."""
+    return ReportOptions(report_dir=settings.report_dir, quiet_s=settings.study_quiet_s,
+                         max_wait_s=settings.report_max_wait_s, worker_host=host,
+                         retry_backoff_s=settings.delivery_backoff_s,
+                         retry_backoff_max_s=settings.delivery_backoff_max_s)
+
+
+def delivery_options(settings: WorkerSettings) -> DeliveryOptions:
+    """Delivery's options, from the worker settings (the worker and ``rescore``)."""
+    return DeliveryOptions(calling_ae=settings.calling_ae,
+                           max_attempts=settings.delivery_max_attempts,
+                           backoff_s=settings.delivery_backoff_s,
+                           backoff_max_s=settings.delivery_backoff_max_s,
+                           lease_s=settings.score_lease_s)

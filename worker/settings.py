@@ -1,8 +1,15 @@
-"""Worker settings, read from ``TRIAGE_*`` environment variables (CLI flags override)."""
+"""Worker settings, read from ``TRIAGE_*`` environment variables (CLI flags override).
+
+One object, :class:`WorkerSettings`, holds everything the worker, ``rescore`` and ``drift``
+read; its parts are nested frozen dataclasses: :class:`InferenceSettings` (how the ensemble
+runs, the same for live scoring and re-scoring) and :class:`RescoreSettings`. Every default is
+written once, as a field default; ``from_env`` falls back to it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +23,128 @@ from common.config import (
     env_path,
     env_str,
 )
-from common.queues import BrokerSettings
-from db.settings import DbSettings
+from common.queues import DEFAULT_SCORE_LEASE_S, BrokerSettings
+from db.settings import DbSettings, default_db_url
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+BACKENDS = ("torch", "openvino")
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How the ensemble runs: one set of values for live scoring and both re-scoring paths.
+
+    Values are checked where they are used (``Ensemble.load``) and, from the environment, by
+    :class:`WorkerSettings`.
+
+    Attributes
+    ----------
+    device : ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    torch_threads : intra-op threads per scoring process; 0 keeps torch's default.
+    precision : ``fp32`` (exact reference) or ``bf16`` weights and activations.
+    backend : ``torch`` (reference) or ``openvino`` (one compiled graph, CPU only).
+    openvino_cache_dir : where converted OpenVINO graphs are kept, per model version.
+    exact_margin : with a fast path, images this close to the threshold are rescored in fp32.
+    """
+
+    device: str = "auto"
+    torch_threads: int = 0
+    precision: str = "fp32"
+    backend: str = "torch"
+    openvino_cache_dir: Path = dataclasses.field(
+        default_factory=lambda: default_var_dir() / "openvino")
+    exact_margin: float = 0.02
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> InferenceSettings:
+        d = cls()
+        return cls(
+            device=env_str(env, "DEVICE", d.device).lower(),
+            torch_threads=env_int(env, "TORCH_THREADS", d.torch_threads),
+            precision=env_str(env, "INFERENCE_PRECISION", d.precision).lower(),
+            backend=env_str(env, "INFERENCE_BACKEND", d.backend).lower(),
+            openvino_cache_dir=env_path(env, "OPENVINO_CACHE_DIR", d.openvino_cache_dir),
+            exact_margin=env_float(env, "EXACT_MARGIN", d.exact_margin),
+        )
+
+    def check(self) -> None:
+        """Raise :class:`SettingError` naming the ``TRIAGE_*`` variable of a bad value."""
+        if self.device not in DEVICES:
+            raise SettingError(f"TRIAGE_DEVICE={self.device!r}; use one of {', '.join(DEVICES)}")
+        if self.precision not in PRECISIONS:
+            raise SettingError(f"TRIAGE_INFERENCE_PRECISION={self.precision!r}; "
+                               "use fp32 or bf16")
+        if self.backend not in BACKENDS:
+            raise SettingError(f"TRIAGE_INFERENCE_BACKEND={self.backend!r}; "
+                               "use torch or openvino")
+        if self.torch_threads < 0:
+            raise SettingError("TRIAGE_TORCH_THREADS must be 0 (torch default) or more")
+
+
+def default_loader_workers() -> int:
+    """One decoding process on a 2-core machine (a second one takes CPU from inference:
+    bench/rescore.py measured 0.92 of the ensemble's throughput on JPEG 2000 with one, 0.89
+    with two), two on larger machines."""
+    return 1 if (os.cpu_count() or 1) <= 2 else 2
+
+
+@dataclass(frozen=True)
+class RescoreSettings:
+    """``cxr-triage rescore`` and ``drift`` specifics; docs/rescore.md describes each.
+
+    Attributes
+    ----------
+    batch : images per forward pass (and instance ids per distributed task).
+    loader_workers : DataLoader processes decoding and preprocessing ahead of the model.
+    stall_s : ``--distributed`` gives up (exit 1) after this long without progress.
+    progress_log_s : a progress line is logged this often (the bar shows only on a terminal).
+    drift_psi : PSI above which ``drift`` warns (0.1 moderate, 0.2 large shift).
+    drift_ks : KS statistic above which ``drift`` warns.
+    drift_rate : absolute change of the indeterminate rate above which ``drift`` warns.
+    drift_samples : mean probabilities kept per run for ``drift`` (a deterministic subsample).
+    """
+
+    batch: int = 8
+    loader_workers: int = dataclasses.field(default_factory=default_loader_workers)
+    stall_s: float = 600.0
+    progress_log_s: float = 30.0
+    drift_psi: float = 0.2
+    drift_ks: float = 0.2
+    drift_rate: float = 0.05
+    drift_samples: int = 20000
+
+    def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise SettingError("TRIAGE_RESCORE_BATCH (--batch-size) must be at least 1")
+        if self.loader_workers < 0:
+            raise SettingError("TRIAGE_RESCORE_WORKERS (--workers) must be 0 or more")
+        if self.drift_samples < 10:
+            raise SettingError("TRIAGE_DRIFT_SAMPLES must be at least 10")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RescoreSettings:
+        d = cls()
+        return cls(
+            batch=env_int(env, "RESCORE_BATCH", d.batch),
+            loader_workers=env_int(env, "RESCORE_WORKERS", d.loader_workers),
+            stall_s=env_float(env, "RESCORE_STALL_S", d.stall_s),
+            progress_log_s=env_float(env, "RESCORE_PROGRESS_LOG_S", d.progress_log_s),
+            drift_psi=env_float(env, "DRIFT_PSI_THRESHOLD", d.drift_psi),
+            drift_ks=env_float(env, "DRIFT_KS_THRESHOLD", d.drift_ks),
+            drift_rate=env_float(env, "DRIFT_RATE_THRESHOLD", d.drift_rate),
+            drift_samples=env_int(env, "DRIFT_SAMPLES", d.drift_samples),
+        )
+
+
+def _under_var(name: str) -> Path:
+    return default_var_dir() / name
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """Everything ``cxr-triage worker`` needs; docs/worker.md describes each setting.
+    """Everything ``cxr-triage worker``, ``rescore`` and ``drift`` need; docs/worker.md and
+    docs/rescore.md describe each setting.
 
     Attributes
     ----------
@@ -35,60 +155,42 @@ class WorkerSettings:
     report_max_wait_s : report anyway after this long even if images are still unscored.
     indeterminate_std : fold standard deviation above which a study is ``indeterminate``.
     score_batch : images scored together in one forward pass.
-    torch_threads : intra-op threads per scoring process; 0 keeps torch's default.
-    device : ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-    inference_precision : ``fp32`` (exact reference) or ``bf16`` weights and activations.
-    inference_backend : ``torch`` (reference) or ``openvino`` (one compiled graph, CPU only).
-    openvino_cache_dir : where converted OpenVINO graphs are kept, per model version.
-    exact_margin : with a fast path, images this close to the threshold are rescored in fp32.
     score_concurrency, deliver_concurrency : processes of a worker on those queues.
     score_lease_s : a ``scoring`` claim older than this may be taken over by another task.
     delivery_max_attempts : C-STORE attempts before a delivery is ``failed``.
     delivery_backoff_s, delivery_backoff_max_s : exponential backoff base and cap.
     calling_ae : the calling AE title of the C-STORE SCU.
-    hold_after_claim_s : fault-injection tests only: pause after claiming, before scoring.
+    inference : how the ensemble runs (device, threads, precision, backend, ...).
+    rescore : ``rescore`` and ``drift`` specifics.
+    db, broker : shared with the node.
     """
 
-    model_dir: Path = Path("var/model")
+    model_dir: Path = dataclasses.field(default_factory=lambda: _under_var("model"))
     destinations: str = ""
-    storage_dir: Path = Path("var/storage")
+    storage_dir: Path = dataclasses.field(default_factory=lambda: _under_var("storage"))
     sr_dir: Path | None = None
     study_quiet_s: float = 10.0
     report_max_wait_s: float = 600.0
     indeterminate_std: float = 0.2
     score_batch: int = 8
-    torch_threads: int = 0
-    device: str = "auto"
-    inference_precision: str = "fp32"
-    inference_backend: str = "torch"
-    exact_margin: float = 0.02
-    openvino_cache_dir: Path = Path("var/openvino")
     score_concurrency: int = 1
     deliver_concurrency: int = 2
-    score_lease_s: float = 600.0
+    score_lease_s: float = DEFAULT_SCORE_LEASE_S
     delivery_max_attempts: int = 10
     delivery_backoff_s: float = 5.0
     delivery_backoff_max_s: float = 600.0
     calling_ae: str = "CXR_TRIAGE"
-    hold_after_claim_s: float = 0.0
-    db: DbSettings = dataclasses.field(default_factory=lambda: DbSettings(url="sqlite://"))
+    inference: InferenceSettings = dataclasses.field(default_factory=InferenceSettings)
+    rescore: RescoreSettings = dataclasses.field(default_factory=RescoreSettings)
+    db: DbSettings = dataclasses.field(default_factory=lambda: DbSettings(default_db_url()))
     broker: BrokerSettings = dataclasses.field(default_factory=BrokerSettings)
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise SettingError(f"TRIAGE_DEVICE={self.device!r}; use one of {', '.join(DEVICES)}")
+        self.inference.check()
         for name in ("score_batch", "score_concurrency", "deliver_concurrency",
                      "delivery_max_attempts"):
             if getattr(self, name) < 1:
                 raise SettingError(f"TRIAGE_{name.upper()} must be at least 1")
-        if self.inference_precision not in ("fp32", "bf16"):
-            raise SettingError(f"TRIAGE_INFERENCE_PRECISION={self.inference_precision!r}; "
-                               "use fp32 or bf16")
-        if self.inference_backend not in ("torch", "openvino"):
-            raise SettingError(f"TRIAGE_INFERENCE_BACKEND={self.inference_backend!r}; "
-                               "use torch or openvino")
-        if self.torch_threads < 0:
-            raise SettingError("TRIAGE_TORCH_THREADS must be 0 (torch default) or more")
 
     @property
     def report_dir(self) -> Path:
@@ -97,30 +199,26 @@ class WorkerSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
-        var = default_var_dir()
+        d = cls()
         return cls(
-            model_dir=env_path(env, "MODEL_DIR", var / "model"),
-            destinations=env_str(env, "DESTINATIONS", ""),
-            storage_dir=env_path(env, "STORAGE_DIR", var / "storage"),
+            model_dir=env_path(env, "MODEL_DIR", d.model_dir),
+            destinations=env_str(env, "DESTINATIONS", d.destinations),
+            storage_dir=env_path(env, "STORAGE_DIR", d.storage_dir),
             sr_dir=env_opt_path(env, "SR_DIR"),
-            study_quiet_s=env_float(env, "STUDY_QUIET_S", 10.0),
-            report_max_wait_s=env_float(env, "REPORT_MAX_WAIT_S", 600.0),
-            indeterminate_std=env_float(env, "INDETERMINATE_STD", 0.2),
-            score_batch=env_int(env, "SCORE_BATCH", 8),
-            torch_threads=env_int(env, "TORCH_THREADS", 0),
-            device=env_str(env, "DEVICE", "auto").lower(),
-            inference_precision=env_str(env, "INFERENCE_PRECISION", "fp32").lower(),
-            inference_backend=env_str(env, "INFERENCE_BACKEND", "torch").lower(),
-            exact_margin=env_float(env, "EXACT_MARGIN", 0.02),
-            openvino_cache_dir=env_path(env, "OPENVINO_CACHE_DIR", var / "openvino"),
-            score_concurrency=env_int(env, "SCORE_CONCURRENCY", 1),
-            deliver_concurrency=env_int(env, "DELIVER_CONCURRENCY", 2),
-            score_lease_s=env_float(env, "SCORE_LEASE_S", 600.0),
-            delivery_max_attempts=env_int(env, "DELIVERY_MAX_ATTEMPTS", 10),
-            delivery_backoff_s=env_float(env, "DELIVERY_BACKOFF_S", 5.0),
-            delivery_backoff_max_s=env_float(env, "DELIVERY_BACKOFF_MAX_S", 600.0),
-            calling_ae=env_str(env, "CALLING_AE", "CXR_TRIAGE"),
-            hold_after_claim_s=env_float(env, "TEST_HOLD_AFTER_CLAIM_S", 0.0),
+            study_quiet_s=env_float(env, "STUDY_QUIET_S", d.study_quiet_s),
+            report_max_wait_s=env_float(env, "REPORT_MAX_WAIT_S", d.report_max_wait_s),
+            indeterminate_std=env_float(env, "INDETERMINATE_STD", d.indeterminate_std),
+            score_batch=env_int(env, "SCORE_BATCH", d.score_batch),
+            score_concurrency=env_int(env, "SCORE_CONCURRENCY", d.score_concurrency),
+            deliver_concurrency=env_int(env, "DELIVER_CONCURRENCY", d.deliver_concurrency),
+            score_lease_s=env_float(env, "SCORE_LEASE_S", d.score_lease_s),
+            delivery_max_attempts=env_int(env, "DELIVERY_MAX_ATTEMPTS", d.delivery_max_attempts),
+            delivery_backoff_s=env_float(env, "DELIVERY_BACKOFF_S", d.delivery_backoff_s),
+            delivery_backoff_max_s=env_float(env, "DELIVERY_BACKOFF_MAX_S",
+                                             d.delivery_backoff_max_s),
+            calling_ae=env_str(env, "CALLING_AE", d.calling_ae),
+            inference=InferenceSettings.from_env(env),
+            rescore=RescoreSettings.from_env(env),
             db=DbSettings.from_env(env),
             broker=BrokerSettings.from_env(env),
         )

@@ -1,14 +1,20 @@
 """The Celery tasks: thin adapters from ids to the plain functions that hold the logic.
 
 Tasks take ids, are idempotent, and record their outcome in the database (there is no result
-backend). A task that fails on a database outage is retried with backoff.
+backend). Before a step sends the message of the next one, it records when that step is due
+(``db.recovery``), so the node's reconciler publishes it again if the message is lost; the
+countdown messages are only the fast path. A task that fails on a database outage is retried
+with backoff.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from collections.abc import Sequence
 
 from celery import Celery, Task
+from sqlalchemy.orm import Session, sessionmaker
 
 from common.queues import (
     QUEUE_DELIVER,
@@ -16,8 +22,10 @@ from common.queues import (
     TASK_REPORT_STUDY,
     TASK_SCORE_INSTANCE,
 )
+from db.models import utcnow
+from db.recovery import schedule_reports
 from worker.deliver.delivery import deliver_report, scu_sender
-from worker.report.study import ReportAction, report_study
+from worker.report.study import report_failed, report_step
 from worker.retry_policy import DB_RETRY
 from worker.runtime import WorkerContext
 from worker.score.ensemble import Ensemble
@@ -53,18 +61,24 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
         token = str(self.request.id or f"local-{instance_id}")
         run = score_instances(context.sessions, int(instance_id), token,
                               lambda: self.ensemble, context.scoring_options())
+        _report_due(context.sessions, run.studies, context.settings.study_quiet_s)
         for study_id in run.studies:
             app.send_task(TASK_REPORT_STUDY, args=[study_id], queue=QUEUE_DELIVER,
                           countdown=context.settings.study_quiet_s)
 
     @app.task(name=TASK_REPORT_STUDY, bind=True, base=TriageTask, context=context, **DB_RETRY)
     def report_study_task(self: TriageTask, study_id: int) -> None:
-        identity, model_version = context.model()
-        outcome = report_study(context.sessions, int(study_id), identity=identity,
-                               model_version=model_version,
-                               destinations=list(context.destinations.values()),
-                               options=context.report_options())
-        if outcome.action is ReportAction.WAIT:
+        options = context.report_options()
+        try:
+            identity, model_version = context.model()
+        except Exception as exc:  # no readable manifest: recorded like any failed attempt
+            outcome = report_failed(context.sessions, int(study_id), exc, options)
+        else:
+            outcome = report_step(context.sessions, int(study_id), identity=identity,
+                                  model_version=model_version,
+                                  destinations=list(context.destinations.values()),
+                                  options=options, only_when_due=True)
+        if outcome.retry_in_s is not None:  # WAIT or RETRY; the study records when, too
             app.send_task(TASK_REPORT_STUDY, args=[study_id], queue=QUEUE_DELIVER,
                           countdown=outcome.retry_in_s)
         for label in outcome.deliveries:
@@ -77,8 +91,15 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
         result = deliver_report(context.sessions, int(report_id), destination,
                                 destinations=context.destinations,
                                 send=scu_sender(context.settings.calling_ae),
-                                options=context.delivery_options())
+                                options=context.delivery_options(), only_when_due=True)
         if result.retry_in_s is not None:
             # A new message with a countdown; this one is acknowledged. Attempts are counted
             # in the database, so Celery's own retry limit is not used.
             raise self.retry(countdown=result.retry_in_s, max_retries=None)
+
+
+def _report_due(sessions: sessionmaker[Session], study_ids: Sequence[int], quiet_s: float) -> None:
+    """Record that these studies are to be reported once quiet, before the message is sent."""
+    if study_ids:
+        with sessions.begin() as session:
+            schedule_reports(session, study_ids, utcnow() + dt.timedelta(seconds=quiet_s))

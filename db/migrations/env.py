@@ -1,11 +1,15 @@
-"""Alembic environment: runs online against the engine handed in by ``db.migrate``."""
+"""Alembic environment: runs online against the connection handed in by ``db.migrate``.
+
+Every table is declared in ``db.models``, so importing it puts the whole schema on
+``Base.metadata`` (``tests/integration/test_migrations.py`` compares the two).
+"""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import Connection
 
-import db.models  # noqa: F401  (registers the tables on Base.metadata)
+import db.models  # noqa: F401  (registers every table on Base.metadata)
 from db.base import Base
 from db.session import make_engine
 
@@ -17,6 +21,7 @@ def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        compare_type=True,
         render_as_batch=connection.dialect.name == "sqlite",
     )
     with context.begin_transaction():

@@ -14,6 +14,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from tests.support import dicomgen
+from tests.support.markers import mark_folder
 from tests.support.orthanc import OrthancServer, free_port
 from worker.report.content import StudyFinding
 from worker.report.identity import ModelIdentity
@@ -90,3 +91,11 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+INTEGRATION_MODULES = frozenset({"test_scu.py"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests against a real Orthanc or storescp (tests/support/markers.py)."""
+    mark_folder(items, Path(__file__).parent, INTEGRATION_MODULES)

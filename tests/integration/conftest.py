@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.markers import mark_folder
 from tests.support.node import NodeProcess
 from tests.support.servers import RedisServer
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here runs against real servers."""
+    mark_folder(items, Path(__file__).parent)
 
 
 @pytest.fixture

@@ -6,7 +6,9 @@ import datetime as dt
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from sqlalchemy import event, inspect, select
+import pytest
+from sqlalchemy import event, inspect, select, text, update
+from sqlalchemy.exc import StatementError
 
 from db.instances import (
     NewInstance,
@@ -134,4 +136,22 @@ def test_enqueue_and_sweeper_queries(db_url: str) -> None:
         row = session.get(Instance, a)
         assert row is not None and row.status == "queued" and row.enqueue_count == 1
         assert row.enqueued_at is not None and row.enqueued_at.tzinfo is not None
+    engine.dispose()
+
+
+def test_status_columns_read_back_as_enums_and_refuse_unknown_values(db_url: str) -> None:
+    engine = make_engine(db_url)
+    upgrade(engine)
+    sessions = make_session_factory(engine)
+    with sessions.begin() as session:
+        instance_id = record_instance(session, _item("1.8.1")).instance_id
+        assert mark_enqueued(session, instance_id)
+    with engine.connect() as conn:  # the stored value is the plain string it always was
+        assert conn.execute(text("SELECT status FROM instance")).scalar_one() == "queued"
+    with sessions() as session:
+        row = session.get(Instance, instance_id)
+        assert row is not None and row.status is InstanceStatus.QUEUED
+    with pytest.raises(StatementError, match="not among the defined enum values"), \
+            sessions.begin() as session:
+        session.execute(update(Instance).values(status="lost"))
     engine.dispose()

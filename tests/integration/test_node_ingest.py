@@ -13,7 +13,10 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
 
 from db.migrate import head_revision
 from dicom_node.status import StoreStatus
@@ -125,13 +128,15 @@ def test_fifty_files_over_one_association_and_resend(node: NodeProcess, tmp_path
     time.sleep(1.5)
     assert redis_server.llen("score") == 50
 
-    # same SOP Instance UID, different pixels: Success, re-queued, old file kept
+    # same SOP Instance UID, different pixels: Success, re-queued; the replaced file is
+    # deleted once the row no longer references it (no orphan), the new one is in place
     changed = dicomgen.radiograph(sop_uid=sop, seed=999)
     changed_path = dicomgen.write(changed, tmp_path / "changed.dcm")
     old_path = Path(str(rows[sop][2]))
     assert storescu(node.port, [changed_path]).status_of(changed_path) == 0
     row = node.instances()[sop]
-    assert row[2] != str(old_path) and old_path.exists() and row[4] == 3
+    assert row[2] != str(old_path) and not old_path.exists() and row[4] == 3
+    assert sorted(node.storage.rglob(f"{sop}-*.dcm")) == [Path(str(row[2]))]
     assert _wait(lambda: redis_server.llen("score") == 51)
     assert "different content" in node.log()
     _no_partial_files(node)
@@ -145,6 +150,64 @@ def test_concurrent_associations(node: NodeProcess, tmp_path: Path) -> None:
     assert sum(len(run.succeeded) for run in runs) == 60
     assert len(node.instances()) == 60
     assert len(node.rows("SELECT id FROM study")) == 6
+
+
+def _tree_matches_rows(node: NodeProcess) -> None:
+    """Every stored file has a row, every row's file exists and holds the recorded content."""
+    rows = node.rows("SELECT file_path, content_sha256 FROM instance")
+    on_disk = {str(p) for p in node.storage.rglob("*.dcm") if ".incoming" not in p.parts}
+    assert on_disk == {str(row[0]) for row in rows}
+    for path, digest in rows:
+        assert sha256_of(Path(str(path))) == digest
+
+
+def test_concurrent_resends_of_the_same_instances(node: NodeProcess, tmp_path: Path) -> None:
+    """Six associations at once send the same SOP Instance UIDs, half with other pixels."""
+    originals = dicomgen.write_series(tmp_path / "a", 8)
+    changed = []
+    for index, path in enumerate(originals):
+        first = dcmread(path)
+        again = dicomgen.radiograph(study_uid=first.StudyInstanceUID, seed=100 + index,
+                                    series_uid=first.SeriesInstanceUID,
+                                    sop_uid=first.SOPInstanceUID)
+        changed.append(dicomgen.write(again, tmp_path / "b" / path.name))
+    batches = [originals, changed] * 3
+    with ThreadPoolExecutor(max_workers=len(batches)) as pool:
+        runs = list(pool.map(lambda files: storescu(node.port, files), batches))
+    assert all(len(run.succeeded) == 8 for run in runs), [run.output[-1500:] for run in runs]
+    rows = node.instances()
+    assert len(rows) == 8 and {row[4] for row in rows.values()} == {6}
+    _tree_matches_rows(node)  # the version no row references was deleted, nothing else
+    _no_partial_files(node)
+
+
+def test_partial_dataset_deleted_when_the_association_aborts(node: NodeProcess,
+                                                             tmp_path: Path) -> None:
+    big = dicomgen.radiograph(rows=1024, columns=1024)
+    encoded = BytesIO()
+    target = DicomFileLike(encoded)
+    target.is_little_endian, target.is_implicit_VR = True, False
+    write_dataset(target, big)
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(big.SOPClassUID, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="CXR_TRIAGE")
+    assert assoc.is_established
+    request = C_STORE()
+    request.MessageID, request.Priority = 1, 2
+    request.AffectedSOPClassUID = big.SOPClassUID
+    request.AffectedSOPInstanceUID = big.SOPInstanceUID
+    request.DataSet = BytesIO(encoded.getvalue())
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    context_id = int(assoc.accepted_contexts[0].context_id or 1)
+    fragments = message.encode_msg(context_id, int(assoc.acceptor.maximum_length or 0))
+    for _ in range(3):  # the command and the first part of the dataset, never the rest
+        assoc.dul.send_pdu(next(fragments))
+    incoming = node.storage / ".incoming"
+    assert _wait(lambda: any(incoming.iterdir()), 10), "the node never started receiving"
+    assoc.abort()
+    assert _wait(lambda: not any(incoming.iterdir()), 10), list(incoming.iterdir())
+    assert node.instances() == {} and node.echo()
 
 
 def test_bad_input_gets_named_status(node: NodeProcess, tmp_path: Path) -> None:

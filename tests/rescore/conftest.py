@@ -13,10 +13,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from pydicom.uid import generate_uid
 
-from tests.support import dicomgen
+from tests.support import dicomgen, hooked_cli
+from tests.support.markers import mark_folder
 from tests.worker.conftest import (  # noqa: F401  (fixtures)
     add_instance,
     build_ensemble,
@@ -27,6 +29,7 @@ from tests.worker.processes import query  # noqa: F401  (re-exported for the tes
 from training.manifest import load_manifest, write_manifest
 from training.preprocessing import preprocess
 from worker.score.ensemble import Ensemble
+from worker.settings import InferenceSettings
 
 
 def write_study(directory: Path, count: int, brightness: float) -> list[Path]:
@@ -52,7 +55,7 @@ def set_threshold(model_dir: Path, threshold: float) -> None:
 def ensemble_means(model_dir: Path, files: Sequence[Path]) -> list[float]:
     """The ensemble's mean probability of each file, as the rescore computes it."""
     torch.set_num_threads(1)
-    ensemble = Ensemble.load(model_dir, device="cpu")
+    ensemble = Ensemble.load(model_dir, InferenceSettings(device="cpu"))
     batch = torch.stack([preprocess(path, ensemble.config) for path in files])
     return list(ensemble.predict(batch).mean)
 
@@ -77,10 +80,23 @@ def cli_env(tmp_path: Path, db_url: str, model_dir: Path, **extra: str) -> dict[
     }
 
 
-def cli(env: Mapping[str, str], *args: str,
-        timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m cxr_triage ARGS`` and return the finished process."""
-    return subprocess.run([sys.executable, "-m", "cxr_triage", *args], env=dict(env),
-                          capture_output=True, text=True, timeout=timeout)
+def cli(env: Mapping[str, str], *args: str, timeout: float = 180,
+        hooks: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m cxr_triage ARGS`` and return the finished process.
+
+    ``hooks`` (``tests.support.hooked_cli`` variables) run it through that test entry point
+    with those fault hooks installed.
+    """
+    command = [sys.executable, "-m", "cxr_triage", *args]
+    if hooks:
+        env, command = hooked_cli.environment(env, hooks), hooked_cli.command(*args)
+    return subprocess.run(command, env=dict(env), capture_output=True, text=True,
+                          timeout=timeout)
 
 
+INTEGRATION_MODULES = frozenset({"test_distributed.py", "test_rescore_e2e.py"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that need Redis, a worker process or Orthanc (tests/support/markers.py)."""
+    mark_folder(items, Path(__file__).parent, INTEGRATION_MODULES)

@@ -11,16 +11,16 @@ from scipy.stats import ks_2samp
 from sqlalchemy.orm import Session, sessionmaker
 
 from cxr_triage.cli import main
-from db.runs import RunStatus, start_run, update_run
+from db.models import RunStatus
+from db.runs import NewRun, start_run, update_run
 from worker.rescore.drift import Thresholds, ks_statistic_numpy, psi
 
 
 def _run(sessions: sessionmaker[Session], version: str, probabilities: np.ndarray,
          rate: float, status: RunStatus = RunStatus.SUCCEEDED) -> int:
     with sessions.begin() as session:
-        run_id = start_run(session, {"model_version": version, "model_dir": "/m", "mode": "local",
-                                     "host": "h", "pid": 1, "parameters": {},
-                                     "probabilities": []})
+        run_id = start_run(session, NewRun(model_version=version, model_dir="/m", mode="local",
+                                           host="h", pid=1, parameters={}))
         update_run(session, run_id, status=status.value, indeterminate_rate=rate,
                    finished_at=dt.datetime.now(dt.UTC),
                    probabilities=[float(p) for p in probabilities])

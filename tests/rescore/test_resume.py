@@ -12,6 +12,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from tests.rescore.conftest import cli, cli_env, query, write_study
+from tests.support.hooked_cli import KILL_AFTER_RESCORE_BATCHES
 from tests.worker.conftest import AddInstance
 
 pytestmark = pytest.mark.integration
@@ -36,8 +37,7 @@ def test_interrupted_run_resumes_without_rescoring(
     broken = add_instance(generate_uid(), path=_truncated(tmp_path))
     env = cli_env(tmp_path, db_url, tiny_ensemble, TRIAGE_RESCORE_BATCH="2")
 
-    killed = cli({**env, "TRIAGE_TEST_RESCORE_KILL_AFTER_BATCHES": "1"}, "rescore",
-                 "--send", "none")
+    killed = cli(env, "rescore", "--send", "none", hooks={KILL_AFTER_RESCORE_BATCHES: "1"})
     assert killed.returncode == -9, killed.stdout + killed.stderr
     (first,) = query(db_url, "SELECT count(*) FROM score")[0]
     assert first == 2

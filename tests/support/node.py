@@ -12,6 +12,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
+from db.migrate import upgrade
+from db.session import make_engine
 from tests.support.dcmtk import echoscu
 from tests.support.servers import free_port
 
@@ -19,8 +21,20 @@ NODE_AE = "CXR_TRIAGE"
 MODALITY_AE = "STORESCU"
 
 
+def migrate(db_url: str) -> None:
+    """``cxr-triage db upgrade``, as an operator runs it before starting the node or workers."""
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+
+
 class NodeProcess:
-    """A node on a free port. ``env`` adds or overrides ``TRIAGE_*`` variables."""
+    """A node on a free port. ``env`` adds or overrides ``TRIAGE_*`` variables.
+
+    ``start`` migrates the database first: the node only checks that the schema is current.
+    """
 
     def __init__(self, workdir: Path, db_url: str, broker_url: str,
                  env: Mapping[str, str] | None = None) -> None:
@@ -48,6 +62,7 @@ class NodeProcess:
 
     def start(self, timeout: float = 60.0) -> NodeProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        migrate(self.env["TRIAGE_DB_URL"])
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(

@@ -100,3 +100,13 @@ def test_readme_lists_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = sorted(name for name in settings_read_by_code() if f"`{name}`" not in readme)
     assert not missing, f"README configuration table lacks {missing}"
+
+
+def test_only_the_migrate_service_migrates(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["migrate"]["command"] == ["db", "upgrade"]
+    for name, service in services.items():
+        if _ours(service) and name != "migrate":
+            assert "upgrade" not in service["command"], name
+            depends = service["depends_on"]["migrate"]
+            assert depends == {"condition": "service_completed_successfully"}, name

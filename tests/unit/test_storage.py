@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,46 @@ def test_path_uids_validated(tmp_path: Path) -> None:
     store = InstanceStore(tmp_path)
     with pytest.raises(InvalidUIDError):
         store.final_path("../../etc", SERIES, SOP, "0" * 64)
+
+
+def test_space_check_counts_the_incoming_file(tmp_path: Path) -> None:
+    probe = InstanceStore(tmp_path)
+    store = InstanceStore(tmp_path, min_free_bytes=probe.free_bytes() - 512 * 1024 * 1024)
+    store.check_space(0)
+    with pytest.raises(DiskFullError, match="after 1073741824 more"):
+        store.check_space(1024 * 1024 * 1024)
+
+
+def test_remove_only_inside_the_tree(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "storage")
+    store.prepare()
+    outside = tmp_path / "elsewhere.dcm"
+    outside.write_bytes(b"x")
+    assert not store.remove(outside) and outside.exists()
+    partial = _incoming(store, b"x")
+    assert not store.remove(partial) and partial.exists()
+    digest = "1" * 64
+    stored = store.commit(partial, store.final_path(STUDY, SERIES, SOP, digest), digest)
+    assert store.remove(stored.path) and not stored.path.exists()
+    assert store.remove(stored.path)  # already gone: fine
+
+
+def test_instance_lock_serialises_one_uid_and_is_dropped_after(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path)
+    order: list[str] = []
+    inside = threading.Event()
+
+    def second() -> None:
+        with store.lock(SOP):
+            order.append("second")
+
+    with store.lock(SOP):
+        thread = threading.Thread(target=second)
+        thread.start()
+        with store.lock("1.2.3.4.6"):  # another instance is not held up
+            inside.set()
+        thread.join(0.2)
+        order.append("first")
+    thread.join()
+    assert inside.is_set() and order == ["first", "second"]
+    assert store._locks._locks == {}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,13 +16,19 @@ import cxr_triage
 from db.instances import NewInstance, StudyFacts, mark_enqueued, record_instance
 from db.migrate import upgrade
 from db.models import InstanceStatus
-from db.session import make_session_factory
+from db.session import make_engine, make_session_factory
 from tests.support import dicomgen
+from tests.support.markers import mark_folder
 from training.data import file_sha256
 from training.manifest import EnsembleManifest, FoldEntry, model_version, write_manifest
 from training.model import build_resnet50, save_fold_model
 from training.preprocessing import PreprocessConfig
-from worker.runtime import make_worker_engine
+from worker.deliver.delivery import DeliveryOptions
+from worker.report.study import ReportOptions
+from worker.runtime import delivery_options, make_worker_engine, report_options
+from worker.score.ensemble import Ensemble
+from worker.score.live import ScoringOptions
+from worker.settings import InferenceSettings, WorkerSettings
 
 TEST_INPUT_SIZE = 64
 
@@ -51,6 +59,16 @@ def build_ensemble(directory: Path, *, folds: int = 2, threshold: float = 0.0,
     return directory
 
 
+def load_cpu(model_dir: Path, **inference: Any) -> Ensemble:
+    """``Ensemble.load`` on the CPU with these inference settings (others at their defaults)."""
+    return Ensemble.load(model_dir, InferenceSettings(device="cpu", **inference))
+
+
+def scoring_options(host: str = "localhost", **settings: Any) -> ScoringOptions:
+    """Live scoring's options as the worker builds them, from ``WorkerSettings(**settings)``."""
+    return ScoringOptions.from_settings(WorkerSettings(**settings), host)
+
+
 @pytest.fixture(scope="session")
 def tiny_ensemble(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two folds, threshold 0 (every image suspected)."""
@@ -67,8 +85,10 @@ def three_fold_ensemble(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
     """A migrated database (SQLite or PostgreSQL) and the worker's session factory."""
+    migrator = make_engine(db_url)  # as ``cxr-triage db upgrade`` does: not the worker's engine
+    upgrade(migrator)
+    migrator.dispose()
     engine = make_worker_engine(db_url)
-    upgrade(engine)
     yield make_session_factory(engine)
     engine.dispose()
 
@@ -103,3 +123,22 @@ def add_instance(tmp_path: Path, sessions: sessionmaker[Session]) -> AddInstance
 
     return add
 
+
+
+def report_opts(report_dir: Path, **changes: Any) -> ReportOptions:
+    """Reporting options from default worker settings, with ``changes``."""
+    base = report_options(WorkerSettings(), "test-host")
+    return dataclasses.replace(base, report_dir=report_dir, **changes)
+
+
+def delivery_opts(**changes: Any) -> DeliveryOptions:
+    """Delivery options from default worker settings, with ``changes``."""
+    return dataclasses.replace(delivery_options(WorkerSettings()), **changes)
+
+
+INTEGRATION_MODULES = frozenset({"test_up.py", "test_worker_e2e.py", "test_recovery.py"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that start node, worker or Orthanc processes (tests/support/markers.py)."""
+    mark_folder(items, Path(__file__).parent, INTEGRATION_MODULES)

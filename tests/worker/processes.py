@@ -12,13 +12,21 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
+from tests.support import hooked_cli
+from tests.support.node import migrate
+
 
 class WorkerProcess:
-    """A Celery worker on ``broker_url`` consuming both queues; ``env`` adds TRIAGE_* values."""
+    """A Celery worker on ``broker_url`` consuming both queues; ``env`` adds TRIAGE_* values.
+
+    ``hooks`` (``tests.support.hooked_cli`` variables) start it through that test entry point
+    with those fault hooks installed.
+    """
 
     def __init__(self, workdir: Path, *, db_url: str, broker_url: str, model_dir: Path,
                  storage_dir: Path, destinations: str = "",
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None,
+                 hooks: Mapping[str, str] | None = None) -> None:
         self.workdir = workdir
         self.log_path = workdir / "worker.log"
         self.env = {
@@ -36,15 +44,21 @@ class WorkerProcess:
             "TRIAGE_DELIVERY_BACKOFF_MAX_S": "2",
             **(env or {}),
         }
+        args = ("worker", "--concurrency", "2")
+        if hooks:
+            self.env = hooked_cli.environment(self.env, hooks)
+            self.command = hooked_cli.command(*args)
+        else:
+            self.command = [sys.executable, "-m", "cxr_triage", *args]
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90.0) -> WorkerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        migrate(self.env["TRIAGE_DB_URL"])  # the worker only checks that the schema is current
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "cxr_triage", "worker", "--concurrency", "2"],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout

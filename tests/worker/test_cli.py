@@ -11,12 +11,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cxr_triage.cli import main
 from db.models import Delivery, DeliveryState, Instance
-from tests.worker.conftest import AddInstance
+from tests.worker.conftest import AddInstance, report_opts, scoring_options
 from tests.worker.fakes import FixedPredictor
 from worker.deliver.destinations import parse_destinations
 from worker.report.identity import ModelIdentity
-from worker.report.study import ReportOptions, report_study
-from worker.score.live import ScoringOptions, score_instances
+from worker.report.study import report_study
+from worker.score.live import score_instances
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -30,14 +30,14 @@ def test_deliveries_and_redeliver(
         row = session.get(Instance, instance)
         assert row is not None
     predictor.probabilities[row.file_path] = 0.8
-    score_instances(sessions, instance, "t", lambda: predictor, ScoringOptions())
+    score_instances(sessions, instance, "t", lambda: predictor, scoring_options())
     report_study(sessions, row.study_id, identity=ModelIdentity("t", "fixed-v1", "00"),
                  model_version="fixed-v1",
                  destinations=parse_destinations("PACS@127.0.0.1:4242"),
-                 options=ReportOptions(report_dir=tmp_path / "sr", quiet_s=0))
+                 options=report_opts(tmp_path / "sr", quiet_s=0))
     with sessions.begin() as session:
         delivery = session.scalars(select(Delivery)).one()
-        delivery.state = DeliveryState.FAILED.value
+        delivery.state = DeliveryState.FAILED
         delivery.last_error = "refused"
     monkeypatch.setenv("TRIAGE_DB_URL", db_url)
     monkeypatch.setenv("TRIAGE_BROKER_URL", "filesystem://")

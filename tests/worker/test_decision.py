@@ -59,10 +59,12 @@ def test_settings_from_env_and_validation() -> None:
         "TRIAGE_MODEL_DIR": "/m", "TRIAGE_STUDY_QUIET_S": "1.5", "TRIAGE_SCORE_BATCH": "4",
         "TRIAGE_DEVICE": "CPU", "TRIAGE_STORAGE_DIR": "/s",
     })
-    assert (settings.study_quiet_s, settings.score_batch, settings.device) == (1.5, 4, "cpu")
+    assert (settings.study_quiet_s, settings.score_batch, settings.inference.device) == (
+        1.5, 4, "cpu")
     assert str(settings.report_dir) == "/s/sr"
     defaults = WorkerSettings.from_env({})
-    assert (defaults.score_batch, defaults.study_quiet_s, defaults.device) == (8, 10.0, "auto")
+    assert (defaults.score_batch, defaults.study_quiet_s, defaults.inference.device) == (
+        8, 10.0, "auto")
     with pytest.raises(SettingError, match="TRIAGE_DEVICE"):
         WorkerSettings.from_env({"TRIAGE_DEVICE": "tpu"})
     with pytest.raises(SettingError, match="SCORE_BATCH"):

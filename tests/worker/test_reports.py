@@ -18,19 +18,19 @@ from db.models import Delivery, Instance, Report, utcnow
 from db.reports import requeue_deliveries
 from tests.delivery.conftest import require_tool
 from tests.support import dicomgen
-from tests.worker.conftest import AddInstance
+from tests.worker.conftest import AddInstance, delivery_opts, report_opts, scoring_options
 from tests.worker.fakes import FixedPredictor, RecordingSender
 from worker.deliver.cstore import OutcomeKind
-from worker.deliver.delivery import DeliveryOptions, deliver_report
+from worker.deliver.delivery import deliver_report
 from worker.deliver.destinations import parse_destinations
 from worker.report.identity import ModelIdentity
 from worker.report.study import ReportAction, ReportOptions, report_study
-from worker.score.live import ScoringOptions, score_instances
+from worker.score.live import score_instances
 
 IDENTITY = ModelIdentity("tiny", "fixed-v1", "ab" * 32, not_for_clinical_use=True)
 DESTINATIONS = parse_destinations("PACS@127.0.0.1:11999,SHADOW@127.0.0.1:11998;shadow")
 PACS, SHADOW = (d.label for d in DESTINATIONS)
-SCORING = ScoringOptions(indeterminate_std=0.3)
+SCORING = scoring_options(indeterminate_std=0.3)
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def predictor() -> FixedPredictor:
 
 @pytest.fixture
 def options(tmp_path: Path) -> ReportOptions:
-    return ReportOptions(report_dir=tmp_path / "sr", quiet_s=5.0, max_wait_s=60.0)
+    return report_opts(tmp_path / "sr", quiet_s=5.0, max_wait_s=60.0)
 
 
 def _later(seconds: float = 30.0) -> dt.datetime:
@@ -131,7 +131,7 @@ def test_priority_is_not_lowered_after_high_was_sent(
     _report(sessions, study, options)
     (rev1,) = _reports(sessions)
     sender = RecordingSender()
-    delivery = DeliveryOptions(max_attempts=3)
+    delivery = delivery_opts(max_attempts=3)
     destinations = {d.label: d for d in DESTINATIONS}
     for label in (PACS, SHADOW):
         deliver_report(sessions, rev1.id, label, destinations=destinations, send=sender,
@@ -167,7 +167,7 @@ def test_retries_then_failed_then_redelivered(
     (report,) = _reports(sessions)
     destinations = {d.label: d for d in DESTINATIONS}
     sender = RecordingSender(OutcomeKind.RETRY, OutcomeKind.RETRY, OutcomeKind.RETRY)
-    delivery = DeliveryOptions(max_attempts=3, backoff_s=2, backoff_max_s=3)
+    delivery = delivery_opts(max_attempts=3, backoff_s=2, backoff_max_s=3)
 
     waits = []
     for _ in range(3):

@@ -12,16 +12,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Instance, InstanceStatus, Score, ScoreClaim, utcnow
 from db.scores import claim_lead, claim_more
-from tests.worker.conftest import AddInstance
+from tests.worker.conftest import AddInstance, load_cpu, scoring_options
 from worker.score.ensemble import Ensemble
-from worker.score.live import ScoringOptions, score_instances
+from worker.score.live import score_instances
 
-OPTIONS = ScoringOptions(batch_size=8, indeterminate_std=1.0, worker_host="test")
+OPTIONS = scoring_options("test", score_batch=8, indeterminate_std=1.0)
 
 
 @pytest.fixture(scope="module")
 def ensemble(tiny_ensemble: Path) -> Ensemble:
-    return Ensemble.load(tiny_ensemble, device="cpu")
+    return load_cpu(tiny_ensemble)
 
 
 def _statuses(sessions: sessionmaker[Session]) -> dict[int, str]:
@@ -65,7 +65,7 @@ def test_batch_size_limits_the_claim(
 ) -> None:
     ids = [add_instance(generate_uid(), seed=i) for i in range(3)]
     run = score_instances(sessions, ids[2], "t", lambda: ensemble,
-                          ScoringOptions(batch_size=2, indeterminate_std=1.0))
+                          scoring_options(score_batch=2, indeterminate_std=1.0))
     assert len(run.claimed) == 2 and ids[2] in run.claimed
     assert list(_statuses(sessions).values()).count("queued") == 1
 
@@ -116,7 +116,7 @@ def test_a_stale_claim_is_taken_over(
     with sessions.begin() as session:
         claim_lead(session, instance, "lost", utcnow())
     run = score_instances(sessions, instance, "new", lambda: ensemble,
-                          ScoringOptions(lease_s=0.0, indeterminate_std=1.0))
+                          scoring_options(score_lease_s=0.0, indeterminate_std=1.0))
     assert run.scored == (instance,)
     with sessions() as session:
         assert session.get(ScoreClaim, instance).token == "new"  # type: ignore[union-attr]

@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from common.queues import QUEUE_SCORE, TASK_SCORE_INSTANCE, BrokerSettings, make_celery
 from tests.support import dicomgen
 from tests.support.dcmtk import storescu
+from tests.support.hooked_cli import HOLD_AFTER_CLAIM_S
 from tests.support.node import NodeProcess
 from tests.support.orthanc import OrthancServer
 from tests.support.servers import RedisServer
@@ -45,11 +46,12 @@ class Stack:
         self.model_dir = model_dir
         self.workers: list[WorkerProcess] = []
 
-    def worker(self, **env: str) -> WorkerProcess:
+    def worker(self, hooks: dict[str, str] | None = None, **env: str) -> WorkerProcess:
         process = WorkerProcess(
             self.tmp_path / f"worker{len(self.workers)}", db_url=self.db_url,
             broker_url=self.redis.url, model_dir=self.model_dir, storage_dir=self.node.storage,
-            destinations=self.destinations, env={"TRIAGE_CALLING_AE": CALLING_AE, **env})
+            destinations=self.destinations, env={"TRIAGE_CALLING_AE": CALLING_AE, **env},
+            hooks=hooks)
         self.workers.append(process)
         return process.start()
 
@@ -185,7 +187,7 @@ def test_worker_killed_mid_task_is_redelivered_and_scores_once(
     stack: Stack, tmp_path: Path
 ) -> None:
     short = {"TRIAGE_BROKER_VISIBILITY_TIMEOUT_S": "4"}
-    doomed = stack.worker(TRIAGE_TEST_HOLD_AFTER_CLAIM_S="120", **short)
+    doomed = stack.worker(hooks={HOLD_AFTER_CLAIM_S: "120"}, **short)
     files = dicomgen.write_series(tmp_path / "study", 1)
     assert len(storescu(stack.node.port, files).succeeded) == 1
     wait_until(lambda: stack.rows("SELECT status FROM instance")[0][0] == "scoring", 60,

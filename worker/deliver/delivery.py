@@ -4,8 +4,13 @@ Rules (docs/worker.md):
 
 * ``sent``/``shadow``/``withheld``/``failed`` are final for a task: a redelivered task does
   nothing (``cxr-triage redeliver`` puts rows back to ``pending``).
-* A transient problem (``retry``) is recorded as ``retrying`` with the attempt count and the
-  error, until ``delivery_max_attempts`` attempts have been made; then ``failed``.
+* A transient problem (``retry``) is recorded as ``retrying`` with the attempt count, the
+  error and ``next_attempt_at``, until ``delivery_max_attempts`` attempts have been made; then
+  ``failed``. Whatever the sender raises is recorded too: an ``OSError`` as ``retry``, anything
+  else as ``failed`` with its reason.
+* An attempt in progress holds the row for ``lease_s`` (``next_attempt_at``): a duplicate task
+  arriving meanwhile, or before a retry's time, does nothing; if the worker dies mid-send, the
+  node's reconciler publishes the delivery again once that time has passed.
 * Priority is never lowered once HIGH went out: a ROUTINE revision is ``withheld`` from a
   destination that was sent (or is being sent) a HIGH revision of the same study under the
   same model version. A new model version starts afresh.
@@ -13,18 +18,19 @@ Rules (docs/worker.md):
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import DeliveryState, Report
+from db.models import DeliveryState, Report, utcnow
 from db.reports import get_delivery, high_priority_on_its_way, set_delivery_state
 from worker.deliver.cstore import DeliveryError, DeliveryOutcome, OutcomeKind, send_file
 from worker.deliver.destinations import Destination
+from worker.retry_policy import backoff_s, describe, is_transient
 from worker.score.decision import Priority
 
 logger = logging.getLogger(__name__)
@@ -32,16 +38,21 @@ logger = logging.getLogger(__name__)
 Sender = Callable[[Path, Destination], DeliveryOutcome]
 _FINAL = frozenset({DeliveryState.SENT, DeliveryState.SHADOW, DeliveryState.WITHHELD,
                     DeliveryState.FAILED})
+_EARLY_S = 1.0  # a task this much before its time still runs (timers fire a little early)
+
+__all__ = ["DeliveryOptions", "DeliveryResult", "Sender", "backoff_s", "deliver_report",
+           "scu_sender"]
 
 
 @dataclass(frozen=True)
 class DeliveryOptions:
-    """The settings delivery uses."""
+    """The settings delivery uses (built from ``WorkerSettings`` by ``worker.runtime``)."""
 
-    calling_ae: str = "CXR_TRIAGE"
-    max_attempts: int = 10
-    backoff_s: float = 5.0
-    backoff_max_s: float = 600.0
+    calling_ae: str
+    max_attempts: int
+    backoff_s: float
+    backoff_max_s: float
+    lease_s: float  # how long an attempt in progress holds the delivery
 
 
 @dataclass(frozen=True)
@@ -62,9 +73,10 @@ def scu_sender(calling_ae: str) -> Sender:
 
 
 def _start(sessions: sessionmaker[Session], report_id: int, label: str,
-           destinations: Mapping[str, Destination]
-           ) -> tuple[DeliveryResult | None, Report | None, int]:
+           destinations: Mapping[str, Destination], options: DeliveryOptions,
+           only_when_due: bool) -> tuple[DeliveryResult | None, Report | None, int]:
     """Check the row and the rules; count the attempt. A result means: nothing to send."""
+    now = utcnow()
     with sessions.begin() as session:
         delivery = get_delivery(session, report_id, label)
         report = session.get(Report, report_id)
@@ -74,6 +86,9 @@ def _start(sessions: sessionmaker[Session], report_id: int, label: str,
         state = DeliveryState(delivery.state)
         if state in _FINAL:
             return DeliveryResult(state, "already final", delivery.attempts), None, 0
+        due = delivery.next_attempt_at
+        if only_when_due and due is not None and due > now + dt.timedelta(seconds=_EARLY_S):
+            return DeliveryResult(state, "not due yet", delivery.attempts), None, 0
         destination = destinations.get(label)
         if destination is None:
             reason = f"{label} is not in TRIAGE_DESTINATIONS any more; add it and redeliver"
@@ -87,6 +102,7 @@ def _start(sessions: sessionmaker[Session], report_id: int, label: str,
                 set_delivery_state(session, delivery, DeliveryState.WITHHELD, reason)
                 return DeliveryResult(DeliveryState.WITHHELD, reason, delivery.attempts), None, 0
         delivery.attempts += 1  # counted before trying, so a crash mid-send still counts
+        delivery.next_attempt_at = now + dt.timedelta(seconds=options.lease_s)
         return None, report, delivery.attempts
 
 
@@ -110,22 +126,39 @@ def _finish(sessions: sessionmaker[Session], report_id: int, label: str, attempt
         delivery = get_delivery(session, report_id, label)
         if delivery is not None:
             error = None if state in (DeliveryState.SENT, DeliveryState.SHADOW) else reason
-            set_delivery_state(session, delivery, state, error)
+            due = None if retry_in is None else utcnow() + dt.timedelta(seconds=retry_in)
+            set_delivery_state(session, delivery, state, error, next_attempt_at=due)
     return DeliveryResult(state, reason, attempts, retry_in)
+
+
+def _send(send: Sender, report: Report, destination: Destination, label: str,
+          attempt: int) -> DeliveryOutcome:
+    """One try of the sender; whatever it raises becomes an outcome with the reason."""
+    try:
+        return send(Path(report.file_path), destination)
+    except DeliveryError as exc:  # the SR file or the TLS material is unusable
+        return DeliveryOutcome(OutcomeKind.FAILED, str(exc), destination=label)
+    except Exception as exc:  # recorded, never lost: retried when it may pass
+        kind = OutcomeKind.RETRY if is_transient(exc) else OutcomeKind.FAILED
+        logger.warning("report %d -> %s: attempt %d raised %s", report.id, label, attempt,
+                       type(exc).__name__)
+        return DeliveryOutcome(kind, describe(exc), destination=label)
 
 
 def deliver_report(sessions: sessionmaker[Session], report_id: int, label: str, *,
                    destinations: Mapping[str, Destination], send: Sender,
-                   options: DeliveryOptions) -> DeliveryResult:
-    """Try one delivery of report ``report_id`` to destination ``label`` and record it."""
-    done, report, attempts = _start(sessions, report_id, label, destinations)
+                   options: DeliveryOptions, only_when_due: bool = False) -> DeliveryResult:
+    """Try one delivery of report ``report_id`` to destination ``label`` and record it.
+
+    ``only_when_due`` (the task): do nothing while the delivery's ``next_attempt_at`` is in the
+    future, that is during a retry's backoff or while another attempt holds it.
+    """
+    done, report, attempts = _start(sessions, report_id, label, destinations, options,
+                                    only_when_due)
     if done is not None:
         return done
     assert report is not None
-    try:
-        outcome = send(Path(report.file_path), destinations[label])
-    except DeliveryError as exc:  # the SR file or the TLS material is unusable
-        outcome = DeliveryOutcome(OutcomeKind.FAILED, str(exc), destination=label)
+    outcome = _send(send, report, destinations[label], label, attempts)
     result = _finish(sessions, report_id, label, attempts, outcome, options)
     log = logger.warning if result.state in (DeliveryState.FAILED,
                                              DeliveryState.RETRYING) else logger.info
@@ -133,11 +166,3 @@ def deliver_report(sessions: sessionmaker[Session], report_id: int, label: str, 
         result.state.value if result.state else "?", attempts, result.reason,
         "" if result.retry_in_s is None else f"; retry in {result.retry_in_s:.0f} s")
     return result
-
-
-def backoff_s(attempt: int, *, base_s: float, max_s: float) -> float:
-    """Exponential backoff before retry ``attempt`` (1-based): base, 2 base, 4 base ... max."""
-    if attempt < 1:
-        return 0.0
-    exponent = min(attempt - 1, 32)
-    return float(min(max_s, base_s * math.pow(2, exponent)))

@@ -15,21 +15,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Instance, Report, Score, utcnow
-from db.reports import StudyView, add_deliveries, insert_report, latest_report, study_view
-from worker.report.content import PredecessorRef, SRError, StudyFinding
+from db.recovery import (
+    ReportFailure,
+    postpone_report,
+    record_report_failure,
+    report_state,
+    settle_report,
+)
+from db.reports import (
+    NewReport,
+    StudyView,
+    add_deliveries,
+    insert_report,
+    latest_report,
+    study_view,
+)
+from worker.report.content import PredecessorRef, StudyFinding
 from worker.report.identity import ModelIdentity
+from worker.report.sources import SourceUnavailableError, source_header
 from worker.report.sr import DEFAULT_SERIES_NUMBER, build_triage_sr, write_sr
+from worker.retry_policy import backoff_s, describe, is_transient
 from worker.score.decision import Decision, ImageResult, study_result
 
 logger = logging.getLogger(__name__)
 
 MANUFACTURER = "cxr-triage"
+_EARLY_S = 1.0  # a report message this much before the study's due time still runs
 
 
 class DeliveryTarget(Protocol):
@@ -51,16 +67,21 @@ class ReportAction(enum.StrEnum):
     NOTHING_SCORED = "nothing_scored"  # no scored frontal image (all failed or skipped)
     LOST_RACE = "lost_race"  # another task wrote this revision first
     UNKNOWN = "unknown"  # no such study
+    RETRY = "retry"  # failed on something that may pass (disk full, database): tried again
+    NOT_DUE = "not_due"  # an early or duplicate message: the study's due time is later
+    FAILED = "failed"  # failed for good; the study records the reason
 
 
 @dataclass(frozen=True)
 class ReportOptions:
-    """The settings reporting uses."""
+    """The settings reporting uses (built from ``WorkerSettings`` by ``worker.runtime``)."""
 
     report_dir: Path
-    quiet_s: float = 10.0
-    max_wait_s: float = 600.0
-    worker_host: str = "localhost"
+    quiet_s: float
+    max_wait_s: float
+    worker_host: str
+    retry_backoff_s: float  # a failed report is tried again after this, doubling ...
+    retry_backoff_max_s: float  # ... up to this
 
 
 @dataclass(frozen=True)
@@ -69,6 +90,7 @@ class ReportOutcome:
     report_id: int | None = None
     retry_in_s: float | None = None
     deliveries: tuple[str, ...] = ()
+    reason: str = ""  # RETRY, FAILED: what went wrong
 
 
 def image_result(instance: Instance, score: Score) -> ImageResult:
@@ -93,24 +115,17 @@ def _wait_for(view: StudyView, options: ReportOptions, now: dt.datetime) -> floa
     return None
 
 
-def _headers(view: StudyView, best: ImageResult) -> list[Dataset]:
-    """Headers of the scored images, the most suspicious first (read without pixels)."""
+def _headers(view: StudyView, best: ImageResult, *, minimal: bool) -> list[Dataset]:
+    """Source headers of the scored images from the recorded facts (``worker.report.sources``),
+    the most suspicious first."""
     ordered = sorted(view.scored, key=lambda pair: (pair[0].id != best.instance_id, pair[0].id))
-    headers: list[Dataset] = []
-    for instance, _ in ordered:
-        try:
-            headers.append(dcmread(instance.file_path, stop_before_pixels=True, force=True))
-        except OSError as exc:
-            raise SRError(f"study {view.study.study_instance_uid}: cannot read the header of "
-                          f"instance {instance.id} ({exc}); is the storage mounted?") from exc
-    return headers
+    return [source_header(view.study, instance, minimal=minimal) for instance, _ in ordered]
 
 
-def _write(view: StudyView, best: ImageResult, identity: ModelIdentity,
-           previous: Report | None, options: ReportOptions,
-           supersedes: Report | None = None) -> tuple[Path, Dataset]:
-    """Build and write the SR file named after its SOP Instance UID."""
-    headers = _headers(view, best)
+def _build(view: StudyView, best: ImageResult, identity: ModelIdentity,
+           previous: Report | None, supersedes: Report | None, *, minimal: bool) -> Dataset:
+    """The SR of the study's result, not yet written."""
+    headers = _headers(view, best, minimal=minimal)
     finding = StudyFinding(
         best.decision, best.probability_mean, best.probability_std,
         tuple(str(ds.SOPInstanceUID) for ds in headers), best.fold_probabilities)
@@ -124,9 +139,28 @@ def _write(view: StudyView, best: ImageResult, identity: ModelIdentity,
         instance_number=1 if previous is None else previous.revision + 1,
         series_instance_uid=None if previous is None else previous.sr_series_instance_uid,
         sop_instance_uid=sop_uid)
+    return sr
+
+
+def _write(view: StudyView, best: ImageResult, identity: ModelIdentity,
+           previous: Report | None, options: ReportOptions,
+           supersedes: Report | None = None) -> tuple[Path, Dataset]:
+    """Build and write the SR file named after its SOP Instance UID.
+
+    When the readable part of the image headers still can't make a valid SR, the SR is built
+    again from the recorded facts and the image size alone.
+    """
+    try:
+        sr = _build(view, best, identity, previous, supersedes, minimal=False)
+    except Exception as exc:
+        if isinstance(exc, SourceUnavailableError) or is_transient(exc):
+            raise
+        logger.warning("study %s: no SR from the image headers (%s); building it from the "
+                       "recorded facts", view.study.study_instance_uid, type(exc).__name__)
+        sr = _build(view, best, identity, previous, supersedes, minimal=True)
     folder = options.report_dir / view.study.study_instance_uid
     folder.mkdir(parents=True, exist_ok=True)
-    return write_sr(sr, folder / f"{sop_uid}.dcm"), sr
+    return write_sr(sr, folder / f"{sr.SOPInstanceUID}.dcm"), sr
 
 
 def _record(sessions: sessionmaker[Session], view: StudyView, best: ImageResult,
@@ -137,19 +171,17 @@ def _record(sessions: sessionmaker[Session], view: StudyView, best: ImageResult,
                                     best.probability_std, (best.sop_instance_uid,)).priority
     linked = previous or supersedes
     with sessions.begin() as session:
-        report_id = insert_report(session, {
-            "study_id": view.study.id, "model_version": model_version,
-            "revision": 1 if previous is None else previous.revision + 1,
-            "decision": best.decision.value, "priority": finding_priority.value,
-            "probability_mean": best.probability_mean,
-            "probability_std": best.probability_std,
-            "source_instance_id": best.instance_id, "scored_instance_count": len(view.scored),
-            "sr_study_instance_uid": str(sr.StudyInstanceUID),
-            "sr_series_instance_uid": str(sr.SeriesInstanceUID),
-            "sr_sop_instance_uid": str(sr.SOPInstanceUID), "file_path": str(path),
-            "predecessor_id": None if linked is None else linked.id,
-            "worker_host": options.worker_host,
-        })
+        report_id = insert_report(session, NewReport(
+            study_id=view.study.id, model_version=model_version,
+            revision=1 if previous is None else previous.revision + 1,
+            decision=best.decision, priority=finding_priority,
+            probability_mean=best.probability_mean, probability_std=best.probability_std,
+            source_instance_id=best.instance_id, scored_instance_count=len(view.scored),
+            sr_study_instance_uid=str(sr.StudyInstanceUID),
+            sr_series_instance_uid=str(sr.SeriesInstanceUID),
+            sr_sop_instance_uid=str(sr.SOPInstanceUID), file_path=str(path),
+            predecessor_id=None if linked is None else linked.id,
+            worker_host=options.worker_host))
         if report_id is not None:
             add_deliveries(session, report_id, [(d.label, d.shadow) for d in destinations])
     return report_id
@@ -185,8 +217,12 @@ def report_study(sessions: sessionmaker[Session], study_id: int, *, identity: Mo
     if previous is not None and previous.decision == best.decision.value:
         return ReportOutcome(ReportAction.UNCHANGED, report_id=previous.id)
     path, sr = _write(view, best, identity, previous, options, supersedes)
-    report_id = _record(sessions, view, best, model_version, previous, path, sr,
-                        destinations, options, supersedes)
+    try:
+        report_id = _record(sessions, view, best, model_version, previous, path, sr,
+                            destinations, options, supersedes)
+    except BaseException:
+        path.unlink(missing_ok=True)  # not recorded: the next attempt writes a new SR
+        raise
     if report_id is None:
         path.unlink(missing_ok=True)
         logger.info("study %s: another task wrote this revision first", uid)
@@ -197,3 +233,86 @@ def report_study(sessions: sessionmaker[Session], study_id: int, *, identity: Mo
                 "" if previous is None else f", supersedes report {previous.id}")
     return ReportOutcome(ReportAction.WRITTEN, report_id=report_id,
                          deliveries=tuple(d.label for d in destinations))
+
+
+def report_step(sessions: sessionmaker[Session], study_id: int, *, identity: ModelIdentity,
+                model_version: str, destinations: Sequence[DeliveryTarget],
+                options: ReportOptions, now: dt.datetime | None = None,
+                only_when_due: bool = False) -> ReportOutcome:
+    """:func:`report_study` as the report task runs it: nothing it raises is lost.
+
+    The outcome is recorded on the study for the node's reconciler: a new due time (WAIT, or
+    RETRY with backoff after a failure that may pass), or none (done, or FAILED for good with
+    the reason). A database error while recording propagates (the task retries; the due time
+    stays, so the reconciler publishes the study again). ``only_when_due`` (the task): do
+    nothing while the study's due time is later, so that a duplicated message (a countdown and
+    the reconciler's) doesn't start a second chain of retries.
+    """
+    now = now or utcnow()
+    with sessions() as session:
+        state = report_state(session, study_id)  # before the study is read: see settle_report
+    if state is None:
+        logger.warning("study %d: unknown, no report", study_id)
+        return ReportOutcome(ReportAction.UNKNOWN)
+    early = dt.timedelta(seconds=_EARLY_S)
+    if only_when_due and state.due_at is not None and state.due_at > now + early:
+        return ReportOutcome(ReportAction.NOT_DUE)
+    generation, attempts = state.generation, state.attempts
+    try:
+        outcome = report_study(sessions, study_id, identity=identity,
+                               model_version=model_version, destinations=destinations,
+                               options=options, now=now)
+    except Exception as exc:  # every failure is recorded with its reason
+        return _record_failure(sessions, study_id, generation, attempts + 1, exc, options, now)
+    with sessions.begin() as session:
+        if outcome.action is ReportAction.WAIT and outcome.retry_in_s is not None:
+            postpone_report(session, study_id, now + dt.timedelta(seconds=outcome.retry_in_s))
+        else:
+            settle_report(session, study_id, generation)
+    return outcome
+
+
+def report_failed(sessions: sessionmaker[Session], study_id: int, exc: Exception,
+                  options: ReportOptions, now: dt.datetime | None = None) -> ReportOutcome:
+    """Record a report attempt that failed before :func:`report_step` could run (the model's
+    manifest can't be read, say) like any other failed attempt."""
+    with sessions() as session:
+        state = report_state(session, study_id)
+    if state is None:
+        return ReportOutcome(ReportAction.UNKNOWN)
+    return _record_failure(sessions, study_id, state.generation, state.attempts + 1, exc,
+                           options, now or utcnow())
+
+
+def _record_failure(sessions: sessionmaker[Session], study_id: int, generation: int,
+                    attempt: int, exc: Exception, options: ReportOptions,
+                    now: dt.datetime) -> ReportOutcome:
+    """Record a failed attempt: retried with backoff when it may pass, else ``failed``."""
+    reason = f"report attempt {attempt}: {describe(exc)}"
+    where = _where(exc)
+    if is_transient(exc):
+        wait = backoff_s(attempt, base_s=options.retry_backoff_s,
+                         max_s=options.retry_backoff_max_s)
+        failure = ReportFailure(reason, now + dt.timedelta(seconds=wait), now)
+        logger.warning("study %d: report attempt %d failed (%s at %s); retry in %.0f s",
+                       study_id, attempt, type(exc).__name__, where, wait)
+        outcome = ReportOutcome(ReportAction.RETRY, retry_in_s=wait, reason=reason)
+    else:
+        failure = ReportFailure(reason, None, now)
+        logger.error("study %d: report failed (%s at %s); recorded as failed", study_id,
+                     type(exc).__name__, where)
+        outcome = ReportOutcome(ReportAction.FAILED, reason=reason)
+    with sessions.begin() as session:
+        record_report_failure(session, study_id, generation, failure)
+    return outcome
+
+
+def _where(exc: BaseException) -> str:
+    """``file:line`` where ``exc`` was raised (logged instead of a message that may quote
+    header values)."""
+    trace = exc.__traceback__
+    while trace is not None and trace.tb_next is not None:
+        trace = trace.tb_next
+    if trace is None:
+        return "?"
+    return f"{Path(trace.tb_frame.f_code.co_filename).name}:{trace.tb_lineno}"

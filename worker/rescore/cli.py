@@ -8,7 +8,6 @@ drift 0 no drift, 4 drift beyond a threshold, 1 failure.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import logging
 import sys
@@ -19,9 +18,9 @@ from pathlib import Path
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.config import apply_overrides
 from common.errors import TriageError
-from worker.rescore.report import SendMode
-from worker.rescore.settings import RescoreSettings
+from worker.rescore.modes import SendMode
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -31,13 +30,13 @@ EXIT_OK, EXIT_FAILURE, EXIT_PARTIAL, EXIT_DRIFT = 0, 1, 3, 4
 
 @contextmanager
 def _sessions(url: str) -> Iterator[sessionmaker[Session]]:
-    from db.migrate import upgrade
+    from db.migrate import require_current
     from db.session import make_session_factory
     from worker.runtime import make_worker_engine
 
     engine = make_worker_engine(url)
     try:
-        upgrade(engine)
+        require_current(engine)
         yield make_session_factory(engine)
     finally:
         engine.dispose()
@@ -50,13 +49,11 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from exc
 
 
-def _settings(args: argparse.Namespace) -> tuple[WorkerSettings, RescoreSettings]:
-    worker, rescore = WorkerSettings.from_env(), RescoreSettings.from_env()
-    if args.model:
-        worker = dataclasses.replace(worker, model_dir=Path(args.model))
-    overrides = {k: v for k, v in (("batch", args.batch_size), ("loader_workers", args.workers))
-                 if v is not None}
-    return worker, dataclasses.replace(rescore, **overrides) if overrides else rescore
+def _settings(args: argparse.Namespace) -> WorkerSettings:
+    return apply_overrides(WorkerSettings.from_env(),
+                           model_dir=Path(args.model) if args.model else None,
+                           **{"rescore.batch": args.batch_size,
+                              "rescore.loader_workers": args.workers})
 
 
 def _rescore(args: argparse.Namespace) -> int:
@@ -65,7 +62,7 @@ def _rescore(args: argparse.Namespace) -> int:
     from worker.rescore.run import RescoreRequest, run_rescore
     from worker.rescore.summary import print_summary
 
-    worker, settings = _settings(args)
+    worker = _settings(args)
     request = RescoreRequest(
         model_dir=worker.model_dir,
         selection=Selection(since=args.since, until=args.until, study_uids=tuple(args.study),
@@ -81,8 +78,7 @@ def _rescore(args: argparse.Namespace) -> int:
 
     try:
         with _sessions(worker.db.url) as sessions:
-            result = run_rescore(sessions, request, worker=worker, settings=settings,
-                                 broker=broker)
+            result = run_rescore(sessions, request, worker=worker, broker=broker)
     except TriageError as exc:
         print(f"cxr-triage rescore: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -95,12 +91,12 @@ def _drift(args: argparse.Namespace) -> int:
     from worker.rescore.drift import Thresholds, drift_rows, format_table, latest_per_version, plot
     from worker.rescore.summary import run_stats
 
-    settings = RescoreSettings.from_env()
-    limits = Thresholds(
-        psi=settings.drift_psi if args.threshold is None else args.threshold,
-        ks=settings.drift_ks if args.ks_threshold is None else args.ks_threshold,
-        rate=settings.drift_rate if args.rate_threshold is None else args.rate_threshold)
-    with _sessions(WorkerSettings.from_env().db.url) as sessions, sessions() as session:
+    worker = apply_overrides(WorkerSettings.from_env(), **{
+        "rescore.drift_psi": args.threshold, "rescore.drift_ks": args.ks_threshold,
+        "rescore.drift_rate": args.rate_threshold})
+    settings = worker.rescore
+    limits = Thresholds(psi=settings.drift_psi, ks=settings.drift_ks, rate=settings.drift_rate)
+    with _sessions(worker.db.url) as sessions, sessions() as session:
         runs = [run_stats(run) for run in finished_runs(session, args.runs)]
     if len(runs) < 2:
         print(f"drift: {len(runs)} finished rescore run(s); need 2 to compare")
@@ -144,7 +140,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="publish batches to the score queue for the workers")
     rescore.add_argument("--batch-size", type=int, help="default TRIAGE_RESCORE_BATCH (8)")
     rescore.add_argument("--workers", type=int,
-                         help="decoding processes (default TRIAGE_RESCORE_WORKERS, 2)")
+                         help="decoding processes (default TRIAGE_RESCORE_WORKERS)")
     rescore.add_argument("--retry-failed", action="store_true",
                          help="try again instances an earlier run could not score")
     rescore.set_defaults(func=_rescore)

@@ -9,7 +9,6 @@ here, one attempt each (local runs), or put on the ``deliver`` queue for the wor
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -26,16 +25,9 @@ from worker.report.content import SRError
 from worker.report.identity import ModelIdentity
 from worker.report.study import ReportAction, ReportOptions, report_study
 from worker.rescore.compare import Comparison
+from worker.rescore.modes import SendMode
 
 logger = logging.getLogger(__name__)
-
-
-class SendMode(enum.StrEnum):
-    """``--send``: which studies get a new SR."""
-
-    CHANGED = "changed"  # decision differs from the previous model version's
-    ALL = "all"  # every study with a result under the new version
-    NONE = "none"  # scores only
 
 
 @dataclass

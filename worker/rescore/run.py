@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,9 +22,9 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.errors import TriageError
-from db.models import utcnow
+from db.models import RunStatus, utcnow
 from db.runs import (
-    RunStatus,
+    NewRun,
     ScopeRow,
     Selection,
     clear_failures,
@@ -39,12 +38,13 @@ from db.runs import (
     update_run,
 )
 from training.manifest import EnsembleManifest, load_manifest
-from worker.deliver.delivery import DeliveryOptions, scu_sender
+from worker import hooks
+from worker.deliver.delivery import scu_sender
 from worker.deliver.destinations import parse_destinations
 from worker.report.identity import model_identity
-from worker.report.study import ReportOptions
 from worker.rescore.compare import Comparison, compare
 from worker.rescore.distributed import score_distributed
+from worker.rescore.loader import make_loader
 from worker.rescore.progress import Progress
 from worker.rescore.report import (
     ReportSummary,
@@ -54,8 +54,8 @@ from worker.rescore.report import (
     studies_to_report,
     write_reports,
 )
-from worker.rescore.settings import RescoreSettings
-from worker.score.batch import ImageRef, ScoringContext, make_loader, score_batch
+from worker.runtime import delivery_options, report_options
+from worker.score.batch import ImageRef, RunFailures, ScoringContext, score_batch
 from worker.score.ensemble import Ensemble
 from worker.settings import WorkerSettings
 
@@ -163,29 +163,21 @@ def plan(sessions: sessionmaker[Session], request: RescoreRequest, model_version
     return selection, rows, in_flight
 
 
-def _kill_switch(settings: RescoreSettings) -> Callable[[int], None]:
-    def after(batches: int) -> None:
-        if settings.kill_after_batches and batches >= settings.kill_after_batches:
-            logger.warning("TRIAGE_TEST_RESCORE_KILL_AFTER_BATCHES reached: SIGKILL")
-            os.kill(os.getpid(), signal.SIGKILL)
-    return after
-
-
 def score_local(sessions: sessionmaker[Session], model: Ensemble, todo: Sequence[ImageRef], *,
-                run_id: int, worker: WorkerSettings, settings: RescoreSettings) -> int:
+                run_id: int, worker: WorkerSettings) -> int:
     """Score ``todo`` here, the DataLoader decoding ahead; returns how many scores were new."""
-    context = ScoringContext(run_id, worker.indeterminate_std, socket.gethostname())
+    settings = worker.rescore
+    context = ScoringContext(worker.indeterminate_std, socket.gethostname(),
+                             RunFailures(run_id))
     loader = make_loader(todo, model.config, batch_size=settings.batch,
                          workers=min(settings.loader_workers, len(todo)),
                          pin_memory=model.device == "cuda")
-    kill = _kill_switch(settings)
     written = 0
     with Progress(len(todo), "rescore", settings.progress_log_s) as progress:
         for batches, batch in enumerate(loader, start=1):
-            new, _ = score_batch(sessions, model, batch, context)
-            written += new
+            written += len(score_batch(sessions, model, batch, context).written)
             progress.advance(len(batch))
-            kill(batches)
+            hooks.after_rescore_batch(batches)
     return written
 
 
@@ -230,9 +222,11 @@ def outcome_after_scoring(sessions: sessionmaker[Session], result: RescoreResult
 
 
 def load_model(model_dir: Path, worker: WorkerSettings) -> Ensemble:
-    """Load (and hash-check) the ensemble, as an operator-facing error when it can't be."""
+    """Load (and hash-check) the ensemble with the worker's inference settings (device,
+    threads, precision, backend, cache, exact margin), as live scoring does; an
+    operator-facing error when it can't be."""
     try:
-        return Ensemble.load(model_dir, device=worker.device, torch_threads=worker.torch_threads)
+        return Ensemble.load(model_dir, worker.inference)
     except TriageError as exc:
         raise RescoreError(f"cannot load the ensemble in {model_dir}: {exc}") from exc
 
@@ -241,11 +235,10 @@ def new_run(sessions: sessionmaker[Session], request: RescoreRequest,
             model_version: str) -> int:
     """Insert the ``running`` row of this run."""
     with sessions.begin() as session:
-        return start_run(session, {
-            "model_version": model_version, "model_dir": str(request.model_dir),
-            "mode": "distributed" if request.distributed else "local",
-            "host": socket.gethostname(), "pid": os.getpid(),
-            "parameters": request.parameters(), "probabilities": []})
+        return start_run(session, NewRun(
+            model_version=model_version, model_dir=str(request.model_dir),
+            mode="distributed" if request.distributed else "local",
+            host=socket.gethostname(), pid=os.getpid(), parameters=request.parameters()))
 
 
 def report_step(sessions: sessionmaker[Session], request: RescoreRequest,
@@ -257,28 +250,24 @@ def report_step(sessions: sessionmaker[Session], request: RescoreRequest,
     if not study_ids:
         return ReportSummary()
     destinations = {d.label: d for d in parse_destinations(worker.destinations)}
-    options = ReportOptions(report_dir=worker.report_dir, quiet_s=worker.study_quiet_s,
-                            max_wait_s=worker.report_max_wait_s,
-                            worker_host=socket.gethostname())
     summary = write_reports(sessions, study_ids, identity=model_identity(manifest),
                             model_version=manifest.model_version,
-                            destinations=list(destinations.values()), options=options)
+                            destinations=list(destinations.values()),
+                            options=report_options(worker, socket.gethostname()))
     if request.distributed:
         queue_deliveries(summary, list(destinations), broker)
     else:
         deliver_inline(sessions, summary, destinations=destinations,
                        send=scu_sender(worker.calling_ae), broker=broker,
-                       options=DeliveryOptions(
-                           calling_ae=worker.calling_ae, max_attempts=worker.delivery_max_attempts,
-                           backoff_s=worker.delivery_backoff_s,
-                           backoff_max_s=worker.delivery_backoff_max_s))
+                       options=delivery_options(worker))
     return summary
 
 
 def _score(sessions: sessionmaker[Session], request: RescoreRequest, result: RescoreResult,
-           todo: Sequence[ImageRef], worker: WorkerSettings, settings: RescoreSettings,
+           todo: Sequence[ImageRef], worker: WorkerSettings,
            broker: Callable[[], Celery]) -> None:
     assert result.run_id is not None
+    settings = worker.rescore
     if request.distributed:
         score_distributed(
             sessions, broker(), [ref.instance_id for ref in todo], request.model_dir,
@@ -287,12 +276,11 @@ def _score(sessions: sessionmaker[Session], request: RescoreRequest, result: Res
             log_every_s=settings.progress_log_s)
     else:
         score_local(sessions, load_model(request.model_dir, worker), todo,
-                    run_id=result.run_id, worker=worker, settings=settings)
+                    run_id=result.run_id, worker=worker)
 
 
 def run_rescore(sessions: sessionmaker[Session], request: RescoreRequest, *,
-                worker: WorkerSettings, settings: RescoreSettings,
-                broker: Callable[[], Celery]) -> RescoreResult:
+                worker: WorkerSettings, broker: Callable[[], Celery]) -> RescoreResult:
     """Run (or, with ``dry_run``, plan) one re-scoring; the run is recorded unless dry.
 
     Errors propagate after the run is recorded ``failed`` (``interrupted`` on Ctrl-C).
@@ -312,16 +300,16 @@ def run_rescore(sessions: sessionmaker[Session], request: RescoreRequest, *,
     result.to_score = len(todo)
     if request.dry_run:
         result.comparison, result.study_uids = compare_scope(
-            sessions, rows, manifest.model_version, settings.drift_samples)
+            sessions, rows, manifest.model_version, worker.rescore.drift_samples)
         result.status = RunStatus.SUCCEEDED
         return result
     result.run_id = new_run(sessions, request, manifest.model_version)
     try:
         if todo:
-            _score(sessions, request, result, todo, worker, settings, broker)
+            _score(sessions, request, result, todo, worker, broker)
         rows = outcome_after_scoring(sessions, result, selection, todo)
         result.comparison, result.study_uids = compare_scope(
-            sessions, rows, manifest.model_version, settings.drift_samples)
+            sessions, rows, manifest.model_version, worker.rescore.drift_samples)
         result.reports = report_step(sessions, request, manifest, result, worker, broker)
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)

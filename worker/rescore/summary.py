@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from db.runs import RescoreRun
+from db.models import RescoreRun
 from worker.rescore.drift import RunStats
 from worker.rescore.run import RescoreResult
 

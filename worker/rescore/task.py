@@ -19,23 +19,28 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.errors import TriageError
 from common.queues import TASK_RESCORE_BATCH
-from db.runs import done_ids, instance_files, record_failure
+from db.runs import done_ids, instance_files
 from worker.retry_policy import DB_RETRY
 from worker.runtime import WorkerContext
-from worker.score.batch import ImageRef, ScoringContext, decode_batch, score_batch
+from worker.score.batch import (
+    ImageRef,
+    RunFailures,
+    ScoringContext,
+    decode_batch,
+    score_batch,
+)
 from worker.score.ensemble import Ensemble
+from worker.settings import InferenceSettings
 
 logger = logging.getLogger(__name__)
 
 
-
-
 class EnsembleCache:
-    """The last ensemble a process loaded for re-scoring (one at a time: GPU memory)."""
+    """The last ensemble a process loaded for re-scoring (one at a time: GPU memory), loaded
+    with the worker's inference settings, as live scoring loads its own."""
 
-    def __init__(self, *, device: str, torch_threads: int) -> None:
-        self.device = device
-        self.torch_threads = torch_threads
+    def __init__(self, inference: InferenceSettings) -> None:
+        self.inference = inference
         self._lock = threading.Lock()
         self._loaded: tuple[Path, Ensemble] | None = None
 
@@ -43,8 +48,7 @@ class EnsembleCache:
         with self._lock:
             if self._loaded is None or self._loaded[0] != model_dir:
                 self._loaded = None  # drop the old one before loading the next
-                self._loaded = (model_dir, Ensemble.load(
-                    model_dir, device=self.device, torch_threads=self.torch_threads))
+                self._loaded = (model_dir, Ensemble.load(model_dir, self.inference))
             return self._loaded[1]
 
 
@@ -79,19 +83,21 @@ def rescore_batch(sessions: sessionmaker[Session], ids: Sequence[int], model_dir
         logger.error("rescore batch of %d: %s", len(refs), reason)
         with sessions.begin() as session:
             for ref in refs:
-                record_failure(session, context.run_id, ref.instance_id, model_version,
-                               ref.content_sha256, reason)
+                context.on_failure(session, ref, model_version, reason)
         return 0, len(refs)
-    written, failed = score_batch(sessions, model, decode_batch(refs, model.config), context)
+    outcome = score_batch(sessions, model, decode_batch(refs, model.preprocess), context)
+    written, failed = len(outcome.written), len(outcome.failed)
     logger.info("rescore batch of %d under %s: %d scored, %d failed", len(refs),
                 model_version, written, failed)
     return written, failed
 
 
-def register_rescore_task(app: Celery, context: WorkerContext) -> None:
-    """Define ``cxr_triage.rescore_batch`` on ``app``, bound to the worker ``context``."""
-    cache = EnsembleCache(device=context.settings.device,
-                          torch_threads=context.settings.torch_threads)
+def register_rescore_task(app: Celery, context: WorkerContext) -> EnsembleCache:
+    """Define ``cxr_triage.rescore_batch`` on ``app``, bound to the worker ``context``.
+
+    Returns the task's ensemble cache (loading with the worker's inference settings).
+    """
+    cache = EnsembleCache(context.settings.inference)
 
     @app.task(name=TASK_RESCORE_BATCH, **DB_RETRY)
     def rescore_batch_task(instance_ids: list[int], model_dir: str, model_version: str,
@@ -101,4 +107,6 @@ def register_rescore_task(app: Celery, context: WorkerContext) -> None:
             else float(indeterminate_std)
         rescore_batch(context.sessions, [int(i) for i in instance_ids], Path(model_dir),
                       model_version=model_version, cache=cache,
-                      context=ScoringContext(run_id, std, context.host))
+                      context=ScoringContext(std, context.host, RunFailures(run_id)))
+
+    return cache

@@ -1,47 +1,49 @@
-"""Scoring for re-scoring runs: decode in parallel (a torch DataLoader), predict, record.
+"""The one scoring path: decode, predict, record (live scoring and both re-scoring paths).
 
-Decoding and preprocessing run in DataLoader worker processes with training's own
-``preprocess`` and the manifest's :class:`PreprocessConfig` (never the models), so the next
-batches are decoded while the ensemble runs on the current one. Scores are recorded with
-``db.scores.record_score`` (once per instance, model version and content, as the worker
-does) and decisions with ``worker.score.decision``; an image that can't be decoded is recorded in
-``rescore_failure`` with the reason.
+``decode`` preprocesses one image with training's code path and turns any decoder error into
+a reason, never an exception; ``collate``/``decode_batch`` stack a batch; ``predict_batch`` runs
+the ensemble once on it; ``record_batch`` writes one ``score`` row per image with
+``db.scores.record_score`` (once per instance, model version and content) and its
+``worker.score.decision`` decision, and hands each image that could not be decoded to the
+context's :class:`FailureSink`: the live path marks the instance ``failed``
+(:func:`mark_instance_failed`), re-scoring records it in ``rescore_failure`` with the run id
+(:class:`RunFailures`). ``score_batch`` is predict then record.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
 from sqlalchemy.orm import Session, sessionmaker
-from torch.utils.data import DataLoader, Dataset
 
-from db.models import utcnow
 from db.runs import record_failure
-from db.scores import record_score
-from training.preprocessing import PreprocessConfig, preprocess
-from worker.score.decision import decide, fold_votes
+from db.scores import NewScore, mark_failed, record_score
+from worker.score.decision import Decision, decide, fold_votes
 from worker.score.ensemble import BatchPrediction
 
 logger = logging.getLogger(__name__)
+
+Preprocess = Callable[[Path], torch.Tensor]
 
 
 class BatchModel(Protocol):
     """What scoring needs of an ensemble (``worker.score.ensemble.Ensemble`` is one)."""
 
     device: str
-    config: PreprocessConfig
 
     @property
     def model_version(self) -> str: ...
 
     @property
     def threshold(self) -> float: ...
+
+    def preprocess(self, path: Path) -> torch.Tensor: ...
 
     def predict(self, batch: torch.Tensor) -> BatchPrediction: ...
 
@@ -79,19 +81,78 @@ class DecodedBatch:
 
 
 @dataclass(frozen=True)
-class ScoringContext:
-    """Where a batch's results are recorded, and with which rule."""
+class Predicted:
+    """A decoded batch and the ensemble's output for its images (``None``: none decoded)."""
+
+    batch: DecodedBatch
+    prediction: BatchPrediction | None
+    infer_ms: float
+
+
+class FailureSink(Protocol):
+    """Records that an image could not be scored, inside the batch's transaction."""
+
+    def __call__(self, session: Session, ref: ImageRef, model_version: str,
+                 reason: str) -> None: ...
+
+
+def mark_instance_failed(session: Session, ref: ImageRef, model_version: str,
+                         reason: str) -> None:
+    """Live scoring: the instance itself becomes ``failed`` with the reason."""
+    mark_failed(session, ref.instance_id, ref.content_sha256, reason)
+
+
+@dataclass(frozen=True)
+class RunFailures:
+    """Re-scoring: the failure is kept in ``rescore_failure`` for the run (the instance's own
+    status is not touched)."""
 
     run_id: int | None
+
+    def __call__(self, session: Session, ref: ImageRef, model_version: str,
+                 reason: str) -> None:
+        record_failure(session, self.run_id, ref.instance_id, model_version,
+                       ref.content_sha256, reason)
+
+
+@dataclass(frozen=True)
+class ScoringContext:
+    """How a batch's results are decided and recorded."""
+
     indeterminate_std: float
     worker_host: str
+    on_failure: FailureSink
 
 
-def decode(ref: ImageRef, config: PreprocessConfig) -> Decoded:
+@dataclass(frozen=True)
+class ScoredImage:
+    """One recorded image: its decision, and whether the score row is new."""
+
+    instance_id: int
+    mean: float
+    std: float
+    decision: Decision
+    inserted: bool
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What recording a batch did."""
+
+    scores: tuple[ScoredImage, ...] = ()
+    failed: tuple[int, ...] = ()
+
+    @property
+    def written(self) -> tuple[int, ...]:
+        """The instances whose score row this batch wrote (not a duplicate's)."""
+        return tuple(s.instance_id for s in self.scores if s.inserted)
+
+
+def decode(ref: ImageRef, preprocess: Preprocess) -> Decoded:
     """Preprocess one file; any decoder error becomes a reason, never an exception."""
     started = time.monotonic()
     try:
-        tensor = preprocess(Path(ref.file_path), config)
+        tensor = preprocess(Path(ref.file_path))
     except Exception as exc:  # any decoder or I/O error: recorded with its reason
         return Decoded(ref, None, f"cannot decode: {type(exc).__name__}: {exc}",
                        (time.monotonic() - started) * 1000)
@@ -99,7 +160,7 @@ def decode(ref: ImageRef, config: PreprocessConfig) -> Decoded:
 
 
 def collate(items: Sequence[Decoded]) -> DecodedBatch:
-    """Stack the decoded tensors (in the loader process: one shared-memory transfer)."""
+    """Stack the decoded tensors (in a loader process: one shared-memory transfer)."""
     good = [item for item in items if item.tensor is not None]
     return DecodedBatch(
         refs=tuple(item.ref for item in good),
@@ -111,73 +172,60 @@ def collate(items: Sequence[Decoded]) -> DecodedBatch:
     )
 
 
-class RescoreDataset(Dataset[Decoded]):
-    """The images of a run; ``__getitem__`` decodes and preprocesses one of them."""
-
-    def __init__(self, refs: Sequence[ImageRef], config: PreprocessConfig) -> None:
-        self.refs = list(refs)
-        self.config = config
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-    def __getitem__(self, index: int) -> Decoded:
-        return decode(self.refs[index], self.config)
+def decode_batch(refs: Sequence[ImageRef], preprocess: Preprocess) -> DecodedBatch:
+    """Decode in this process (live scoring and the distributed re-scoring task)."""
+    return collate([decode(ref, preprocess) for ref in refs])
 
 
-def _one_thread(_worker_id: int) -> None:
-    torch.set_num_threads(1)  # decoding is per process; leave the cores to the model
+def predict_batch(model: BatchModel, batch: DecodedBatch) -> Predicted:
+    """Run the ensemble once on the decoded images; errors propagate (nothing is recorded)."""
+    if batch.tensors is None:
+        return Predicted(batch, None, 0.0)
+    started = time.monotonic()
+    prediction = model.predict(batch.tensors)
+    return Predicted(batch, prediction, (time.monotonic() - started) * 1000)
 
 
-def make_loader(refs: Sequence[ImageRef], config: PreprocessConfig, *, batch_size: int,
-                workers: int, pin_memory: bool = False) -> DataLoader[Decoded]:
-    """Batches of decoded images in order, ``workers`` processes decoding ahead."""
-    return DataLoader(
-        RescoreDataset(refs, config), batch_size=batch_size, shuffle=False,
-        num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
-        worker_init_fn=_one_thread if workers else None,
-        prefetch_factor=2 if workers else None, persistent_workers=False,
-    )
+def _new_score(model: BatchModel, predicted: Predicted, index: int,
+               context: ScoringContext) -> NewScore:
+    batch, prediction = predicted.batch, predicted.prediction
+    assert prediction is not None
+    mean, std, folds = prediction.mean[index], prediction.std[index], prediction.folds[index]
+    threshold = model.threshold
+    decision = decide(mean, std, threshold=threshold, indeterminate_std=context.indeterminate_std)
+    ref = batch.refs[index]
+    return NewScore(
+        instance_id=ref.instance_id, model_version=model.model_version,
+        content_sha256=ref.content_sha256, probability_mean=mean, probability_std=std,
+        fold_probabilities=tuple(folds), fold_votes=fold_votes(folds, threshold),
+        threshold=threshold, decision=decision.value,
+        # the image's decode time plus the batch's forward pass (docs/worker.md)
+        latency_ms=round(batch.decode_ms[index] + predicted.infer_ms, 3),
+        batch_size=len(batch.refs), device=model.device, worker_host=context.worker_host)
 
 
-def decode_batch(refs: Sequence[ImageRef], config: PreprocessConfig) -> DecodedBatch:
-    """Decode in this process (the distributed task's path)."""
-    return collate([decode(ref, config) for ref in refs])
+def record_batch(sessions: sessionmaker[Session], model: BatchModel, predicted: Predicted,
+                 context: ScoringContext) -> BatchOutcome:
+    """Write the batch's scores and failures in one transaction."""
+    scores: list[ScoredImage] = []
+    with sessions.begin() as session:
+        for index in range(len(predicted.batch.refs)):
+            score = _new_score(model, predicted, index, context)
+            inserted = record_score(session, score)
+            scores.append(ScoredImage(score.instance_id, score.probability_mean,
+                                      score.probability_std, Decision(score.decision),
+                                      inserted))
+        for ref, reason in predicted.batch.failures:
+            context.on_failure(session, ref, model.model_version, reason)
+            logger.warning("instance %d: %s", ref.instance_id, reason)
+    return BatchOutcome(tuple(scores), tuple(ref.instance_id for ref, _ in
+                                             predicted.batch.failures))
 
 
 def score_batch(sessions: sessionmaker[Session], model: BatchModel, batch: DecodedBatch,
-                context: ScoringContext) -> tuple[int, int]:
+                context: ScoringContext) -> BatchOutcome:
     """Predict a decoded batch and record scores and failures in one transaction.
 
-    Returns (scores newly written, failures recorded). A prediction error propagates: nothing
-    of the batch is recorded, so the next run scores it again.
+    A prediction error propagates: nothing of the batch is recorded, so it is scored again.
     """
-    prediction, infer_ms = None, 0.0
-    if batch.tensors is not None:
-        started = time.monotonic()
-        prediction = model.predict(batch.tensors)
-        infer_ms = (time.monotonic() - started) * 1000
-    written = 0
-    threshold, version = model.threshold, model.model_version
-    with sessions.begin() as session:
-        for index, ref in enumerate(batch.refs):
-            assert prediction is not None
-            mean, std = prediction.mean[index], prediction.std[index]
-            folds = prediction.folds[index]
-            decision = decide(mean, std, threshold=threshold,
-                              indeterminate_std=context.indeterminate_std)
-            written += record_score(session, {
-                "instance_id": ref.instance_id, "model_version": version,
-                "content_sha256": ref.content_sha256, "probability_mean": mean,
-                "probability_std": std, "fold_probabilities": list(folds),
-                "fold_votes": fold_votes(folds, threshold), "threshold": threshold,
-                "decision": decision.value,
-                "latency_ms": round(batch.decode_ms[index] + infer_ms / len(batch.refs), 3),
-                "batch_size": len(batch.refs), "device": model.device,
-                "worker_host": context.worker_host, "created_at": utcnow(),
-            })
-        for ref, reason in batch.failures:
-            record_failure(session, context.run_id, ref.instance_id, version,
-                           ref.content_sha256, reason)
-            logger.warning("instance %d: %s", ref.instance_id, reason)
-    return written, len(batch.failures)
+    return record_batch(sessions, model, predict_batch(model, batch), context)

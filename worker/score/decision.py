@@ -4,23 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
+from db.models import Decision, Priority  # the persisted vocabulary (score and report columns)
 
-class Decision(StrEnum):
-    """The study-level triage decision."""
-
-    SUSPECTED = "suspected"
-    NOT_SUSPECTED = "not_suspected"
-    INDETERMINATE = "indeterminate"
-
-
-class Priority(StrEnum):
-    """Reading priority derived from the decision."""
-
-    HIGH = "HIGH"
-    ROUTINE = "ROUTINE"
-
+__all__ = ["Decision", "ImageResult", "Priority", "decide", "fold_votes", "severity",
+           "study_result"]
 
 # Most suspicious first: a suspected image outranks an indeterminate one, which outranks
 # a not-suspected one, whatever their probabilities.

@@ -21,12 +21,11 @@ from training.manifest import EnsembleManifest, load_manifest
 from training.model import ARCHITECTURE, load_fold_model
 from training.preprocessing import PreprocessConfig, load_unit_image, to_model_tensor
 from worker.score.openvino import Runner, compile_ensemble
+from worker.settings import BACKENDS, PRECISIONS, InferenceSettings
 
 logger = logging.getLogger(__name__)
 
-
-
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _torch_runner(models: Sequence[nn.Module], positive: int, device: str,
@@ -39,7 +38,6 @@ def _torch_runner(models: Sequence[nn.Module], positive: int, device: str,
             [torch.softmax(model(x).float(), dim=1)[:, positive] for model in models]).cpu()
 
     return run
-BACKENDS = ("torch", "openvino")
 
 
 class EnsembleError(TriageError):
@@ -69,9 +67,10 @@ class Ensemble:
 
     def __init__(self, manifest: EnsembleManifest, models: Sequence[nn.Module], device: str,
                  directory: Path, precision: str = "fp32", runner: Runner | None = None,
-                 exact_margin: float = 0.0) -> None:
+                 exact_margin: float = 0.0, backend: str = "torch") -> None:
         self.manifest = manifest
         self.precision = precision
+        self.backend = backend  # what runs: torch, or openvino (on the CPU only)
         self.runner = runner  # a faster approximate path (bf16 or OpenVINO), else None
         self.exact_margin = exact_margin
         self.models = list(models)
@@ -88,47 +87,49 @@ class Ensemble:
         return float(self.manifest.threshold)
 
     @classmethod
-    def load(cls, model_dir: Path, *, device: str = "auto", torch_threads: int = 0,
-             precision: str = "fp32", backend: str = "torch",
-             cache_dir: Path | None = None, exact_margin: float = 0.02) -> Ensemble:
-        """Read the manifest, check every fold's SHA-256, load the folds onto ``device``.
+    def load(cls, model_dir: Path, inference: InferenceSettings) -> Ensemble:
+        """Read the manifest, check every fold's SHA-256, load the folds as ``inference`` says.
 
-        ``precision`` ``bf16`` casts the weights to bfloat16 (about 2x faster on CPUs with
-        AVX-512 BF16, PERF-NOTES); ``fp32`` is the exact reference. ``backend`` ``openvino``
-        compiles all folds as one OpenVINO graph on the CPU (:mod:`worker.score.openvino`),
-        cached in ``cache_dir``. With either, images whose mean lands within ``exact_margin`` of
-        the threshold are scored again with the fp32 models, so decisions match fp32 whenever
-        the fast path is off by less than the margin.
+        The one loader of live scoring and both re-scoring paths. Precision ``bf16`` casts the
+        weights to bfloat16 (about 2x faster on CPUs with AVX-512 BF16, PERF-NOTES); ``fp32``
+        is the exact reference. Backend ``openvino`` compiles all folds as one OpenVINO graph
+        on the CPU (:mod:`worker.score.openvino`), cached in ``openvino_cache_dir``. With
+        either, images whose mean lands within ``exact_margin`` of the threshold are scored
+        again with the fp32 models, so decisions match fp32 whenever the fast path is off by
+        less than the margin.
         """
+        precision, backend = inference.precision, inference.backend
         if precision not in PRECISIONS:
             raise EnsembleError(f"inference precision {precision!r}: use fp32 or bf16")
         if backend not in BACKENDS:
             raise EnsembleError(f"inference backend {backend!r}: use torch or openvino")
         started = time.monotonic()
-        if torch_threads > 0:
-            torch.set_num_threads(torch_threads)
+        if inference.torch_threads > 0:
+            torch.set_num_threads(inference.torch_threads)
         manifest = load_manifest(Path(model_dir), verify_hashes=True)  # TrainingError on mismatch
         if manifest.architecture != ARCHITECTURE:
             raise EnsembleError(f"{model_dir}: architecture {manifest.architecture!r} is not "
                                 f"{ARCHITECTURE!r}; this worker runs ResNet-50 ensembles")
-        target = resolve_device(device)
+        target = resolve_device(inference.device)
         models = []
         for path in manifest.fold_paths(Path(model_dir)):
             model = load_fold_model(path, num_classes=len(manifest.class_names), device=target)
             models.append(model.to(memory_format=torch.channels_last))
         runner: Runner | None = None
-        if backend == "openvino" and target == "cpu":
+        backend = "openvino" if backend == "openvino" and target == "cpu" else "torch"
+        if backend == "openvino":
             runner = compile_ensemble(
                 models, positive=manifest.positive_index, size=manifest.input_size,
                 precision=precision, model_version=manifest.model_version,
-                cache_dir=cache_dir or Path(model_dir) / ".openvino", threads=torch_threads)
+                cache_dir=inference.openvino_cache_dir, threads=inference.torch_threads)
         elif precision != "fp32":
-            fast = [copy.deepcopy(m).to(dtype=PRECISIONS[precision]) for m in models]
-            runner = _torch_runner(fast, manifest.positive_index, target, PRECISIONS[precision])
-        logger.info("ensemble %s: %d folds loaded on %s (%s) in %.1f s (threads %d)",
-                    manifest.model_version, len(models), target, precision,
+            fast = [copy.deepcopy(m).to(dtype=DTYPES[precision]) for m in models]
+            runner = _torch_runner(fast, manifest.positive_index, target, DTYPES[precision])
+        logger.info("ensemble %s: %d folds loaded on %s (%s, %s) in %.1f s (threads %d)",
+                    manifest.model_version, len(models), target, precision, backend,
                     time.monotonic() - started, torch.get_num_threads())
-        return cls(manifest, models, target, Path(model_dir), precision, runner, exact_margin)
+        return cls(manifest, models, target, Path(model_dir), precision, runner,
+                   inference.exact_margin, backend)
 
     def preprocess(self, path: Path) -> torch.Tensor:
         """One image file to its (3, size, size) model tensor (training's code path)."""

@@ -1,20 +1,17 @@
-"""Scoring: claim a batch of instances, decode them, run the ensemble, record the scores.
+"""Live scoring: claim a batch of instances, then decode, predict and record them.
 
-The task that calls :func:`score_instances` only adapts arguments; everything that decides
-what happens to a row is here, in plain functions over a session factory.
+The task that calls :func:`score_instances` only adapts arguments. Claiming, releasing and
+what a task reports back are here; decoding, prediction and recording are the one scoring
+path in :mod:`worker.score.batch`, shared with re-scoring.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
 
-import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import InstanceStatus, utcnow
@@ -24,41 +21,37 @@ from db.scores import (
     claim_more,
     claimed_images,
     instance_state,
-    mark_failed,
-    record_score,
     release_claims,
 )
-from worker.score.decision import decide, fold_votes
-from worker.score.ensemble import BatchPrediction
+from worker import hooks
+from worker.score.batch import (
+    BatchModel,
+    ImageRef,
+    ScoringContext,
+    decode_batch,
+    mark_instance_failed,
+    predict_batch,
+    record_batch,
+)
+from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
 
-class Predictor(Protocol):
-    """What scoring needs of an ensemble (``worker.score.ensemble.Ensemble`` is one)."""
-
-    device: str
-
-    @property
-    def model_version(self) -> str: ...
-
-    @property
-    def threshold(self) -> float: ...
-
-    def preprocess(self, path: Path) -> torch.Tensor: ...
-
-    def predict(self, batch: torch.Tensor) -> BatchPrediction: ...
-
-
 @dataclass(frozen=True)
 class ScoringOptions:
-    """The settings scoring uses."""
+    """The settings live scoring uses (built from :class:`WorkerSettings`)."""
 
-    batch_size: int = 8
-    indeterminate_std: float = 0.2
-    lease_s: float = 600.0
-    hold_after_claim_s: float = 0.0
-    worker_host: str = "localhost"
+    batch_size: int
+    indeterminate_std: float
+    lease_s: float
+    worker_host: str
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings, worker_host: str) -> ScoringOptions:
+        return cls(batch_size=settings.score_batch,
+                   indeterminate_std=settings.indeterminate_std,
+                   lease_s=settings.score_lease_s, worker_host=worker_host)
 
 
 @dataclass(frozen=True)
@@ -95,57 +88,8 @@ def _claim(sessions: sessionmaker[Session], lead_id: int, token: str,
         return claimed_images(session, [lead_id, *others]), None
 
 
-def _decode(predictor: Predictor, images: Sequence[ClaimedImage]
-            ) -> tuple[list[tuple[ClaimedImage, torch.Tensor, float]], dict[int, str]]:
-    """Preprocess each image; failures are collected with a reason, never raised."""
-    decoded: list[tuple[ClaimedImage, torch.Tensor, float]] = []
-    failures: dict[int, str] = {}
-    for image in images:
-        started = time.monotonic()
-        try:
-            tensor = predictor.preprocess(Path(image.file_path))
-        except Exception as exc:  # any decoder error: record it, lose nothing
-            failures[image.instance_id] = f"cannot decode: {type(exc).__name__}: {exc}"
-            logger.warning("instance %d: %s", image.instance_id, failures[image.instance_id])
-            continue
-        decoded.append((image, tensor, (time.monotonic() - started) * 1000))
-    return decoded, failures
-
-
-def _record(sessions: sessionmaker[Session], predictor: Predictor, options: ScoringOptions,
-            decoded: Sequence[tuple[ClaimedImage, torch.Tensor, float]],
-            prediction: BatchPrediction | None, infer_ms: float,
-            failures: dict[int, str]) -> list[int]:
-    """Write scores and failures in one transaction; returns the ids newly scored."""
-    scored: list[int] = []
-    with sessions.begin() as session:
-        for index, (image, _, decode_ms) in enumerate(decoded):
-            assert prediction is not None
-            mean, std = prediction.mean[index], prediction.std[index]
-            folds = prediction.folds[index]
-            decision = decide(mean, std, threshold=predictor.threshold,
-                              indeterminate_std=options.indeterminate_std)
-            inserted = record_score(session, {
-                "instance_id": image.instance_id, "model_version": predictor.model_version,
-                "content_sha256": image.content_sha256, "probability_mean": mean,
-                "probability_std": std, "fold_probabilities": list(folds),
-                "fold_votes": fold_votes(folds, predictor.threshold),
-                "threshold": predictor.threshold, "decision": decision.value,
-                "latency_ms": round(decode_ms + infer_ms, 3), "batch_size": len(decoded),
-                "device": predictor.device, "worker_host": options.worker_host,
-                "created_at": utcnow(),
-            })
-            if inserted:
-                scored.append(image.instance_id)
-            logger.info("instance %d: p=%.4f sd=%.4f -> %s%s", image.instance_id, mean, std,
-                        decision.value, "" if inserted else " (score already recorded)")
-        for instance_id, reason in failures.items():
-            mark_failed(session, instance_id, reason)
-    return scored
-
-
 def score_instances(sessions: sessionmaker[Session], lead_id: int, token: str,
-                    predictor: Callable[[], Predictor], options: ScoringOptions) -> ScoreRun:
+                    predictor: Callable[[], BatchModel], options: ScoringOptions) -> ScoreRun:
     """Score instance ``lead_id`` together with up to ``batch_size - 1`` other queued ones.
 
     ``token`` identifies the task (its Celery id, the same on redelivery): a redelivered task
@@ -158,21 +102,22 @@ def score_instances(sessions: sessionmaker[Session], lead_id: int, token: str,
         return noop
     ids = [image.instance_id for image in images]
     logger.info("instance %d: claimed a batch of %d", lead_id, len(ids))
-    if options.hold_after_claim_s > 0:
-        time.sleep(options.hold_after_claim_s)  # fault-injection tests only
+    hooks.after_claim(ids)
     try:
         model = predictor()
-        decoded, failures = _decode(model, images)
-        prediction, infer_ms = None, 0.0
-        if decoded:
-            started = time.monotonic()
-            prediction = model.predict(torch.stack([tensor for _, tensor, _ in decoded]))
-            infer_ms = (time.monotonic() - started) * 1000
+        refs = [ImageRef(i.instance_id, i.file_path, i.content_sha256) for i in images]
+        predicted = predict_batch(model, decode_batch(refs, model.preprocess))
     except Exception:
         with sessions.begin() as session:
             release_claims(session, ids, token)
         logger.exception("instance %d: scoring failed; %d claims released", lead_id, len(ids))
         raise
-    scored = _record(sessions, model, options, decoded, prediction, infer_ms, failures)
+    context = ScoringContext(options.indeterminate_std, options.worker_host,
+                             mark_instance_failed)
+    outcome = record_batch(sessions, model, predicted, context)
+    for score in outcome.scores:
+        logger.info("instance %d: p=%.4f sd=%.4f -> %s%s", score.instance_id, score.mean,
+                    score.std, score.decision.value,
+                    "" if score.inserted else " (score already recorded)")
     studies = tuple(sorted({image.study_id for image in images}))
-    return ScoreRun(tuple(ids), tuple(scored), tuple(failures), studies)
+    return ScoreRun(tuple(ids), outcome.written, outcome.failed, studies)
