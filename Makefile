@@ -42,8 +42,9 @@ up: install
 node: install
 	$(BIN)/cxr-triage node --allow-any-aet
 
+# On a terminal the demo's stack keeps running for the web worklist (Ctrl-C stops it); else it exits.
 demo: install
-	$(BIN)/cxr-triage demo
+	$(BIN)/cxr-triage demo $$(test -t 0 && echo --serve)
 
 bench: install
 	$(BIN)/python bench/ingest.py

@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from celery import Celery
-from kombu import Queue
+from typing import TYPE_CHECKING, Any
 
 from common.config import default_var_dir, env_float, env_path, env_str
+
+if TYPE_CHECKING:  # celery takes ~0.4 s to import: only the commands that use it pay for it
+    from celery import Celery
 
 # Queues and task names shared by the node (producer) and the workers (consumers).
 QUEUE_SCORE = "score"
@@ -90,6 +90,9 @@ def _transport_options(settings: BrokerSettings) -> dict[str, Any]:
 
 def make_celery(settings: BrokerSettings, name: str = "cxr_triage") -> Celery:
     """Build the Celery app: JSON only, late acks, prefetch 1, no result backend."""
+    from celery import Celery
+    from kombu import Queue
+
     app = Celery(name, broker=settings.url, set_as_current=False)
     app.conf.update(
         task_serializer="json",

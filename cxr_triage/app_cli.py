@@ -20,7 +20,7 @@ def _up(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from cxr_triage.demo import run_demo
 
-    return run_demo(args.workdir, args.data, args.fresh, args.timeout)
+    return run_demo(args.workdir, args.data, args.fresh, args.timeout, serve=args.serve)
 
 
 def _ping(args: argparse.Namespace) -> int:
@@ -59,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--fresh", action="store_true", help="rebuild the demo ensemble too")
     demo.add_argument("--timeout", type=float, default=600.0,
                       help="seconds to wait for every report")
+    demo.add_argument("--serve", action="store_true",
+                      help="keep the node, workers and web app running afterwards (Ctrl-C)")
     demo.set_defaults(func=_demo)
 
     ping = subparsers.add_parser(

@@ -29,6 +29,9 @@ MODALITY_AE = "DEMO_MODALITY"
 PACS_AE = "DEMO_PACS"
 NODE_AE = "CXR_TRIAGE"
 DEMO_LABEL = "DEMO ensemble - trained for seconds - NOT FOR CLINICAL USE"
+# Demo accounts of the web app (a loopback demo database only; never reuse these passwords).
+DEMO_USERS = (("demo-admin", "demo-admin-password", "admin", True),
+              ("demo-radiologist", "demo-radiologist-password", "radiologist", False))
 
 
 @dataclass(frozen=True)
@@ -158,17 +161,18 @@ def print_worklist(db_url: str) -> None:
     print(format_worklist(rows))
 
 
-def run_demo(root: Path, data: Path | None, fresh: bool, timeout_s: float) -> int:
+def run_demo(root: Path, data: Path | None, fresh: bool, timeout_s: float,
+             serve: bool = False) -> int:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     paths = DemoPaths(root)
     if fresh:
         shutil.rmtree(root, ignore_errors=True)
-    for name in ("storage", "broker", "pacs", "logs"):  # each run starts from an empty pipeline
+    for name in ("storage", "broker", "pacs", "logs", "metrics"):  # each run starts afresh
         shutil.rmtree(root / name, ignore_errors=True)
     (root / "triage.db").unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)
     build_ensemble(paths, data)
-    node_port, pacs_port = _free_port(), _free_port()
+    node_port, pacs_port, web_port = _free_port(), _free_port(), _free_port()
     env = {
         **os.environ,
         "TRIAGE_VAR_DIR": str(root),
@@ -180,23 +184,71 @@ def run_demo(root: Path, data: Path | None, fresh: bool, timeout_s: float) -> in
         "TRIAGE_DESTINATIONS": f"{PACS_AE}@127.0.0.1:{pacs_port}",
         "TRIAGE_STUDY_QUIET_S": "3",
         "TRIAGE_MIN_FREE_BYTES": "0",
+        "TRIAGE_WEB_PORT": str(web_port),
+        "TRIAGE_WEB_SECRET_KEY_FILE": str(root / "web-secret.key"),
+        "TRIAGE_METRICS_DIR": str(root / "metrics"),
+        "TRIAGE_MODEL_STORE": str(root / "models"),
     }
+    promote_demo_model(paths, env)
     pacs = start_pacs(paths, pacs_port)
     stack = Stack(env, log_dir=paths.logs)
     stack.start()
     try:
+        add_demo_users(paths.db_url)
         _wait_for_node(node_port, stack)
         studies = sample_studies()
         send_studies(node_port, studies)
         wait_for_reports(paths.db_url, len(studies) - 1, stack, timeout_s)
+        print_worklist(paths.db_url)
+        received = sorted(paths.pacs.glob("*.dcm"))
+        print(f"\ndemo: the local PACS {PACS_AE} received {len(received)} structured reports in "
+              f"{paths.pacs}; logs are in {paths.logs}")
+        print_web_access(web_port)
+        if serve:
+            print("demo: the node, the workers and the web app keep running; Ctrl-C stops them")
+            stack.supervise()
     finally:
         stack.stop()
         pacs.shutdown()  # type: ignore[attr-defined]
-    print_worklist(paths.db_url)
-    received = sorted(paths.pacs.glob("*.dcm"))
-    print(f"\ndemo: the local PACS {PACS_AE} received {len(received)} structured reports in "
-          f"{paths.pacs}; logs are in {paths.logs}")
     return 0
+
+
+def promote_demo_model(paths: DemoPaths, env: dict[str, str]) -> None:
+    """Put the demo ensemble live the way a site does (docs/go-live.md): migrate, ``model
+    import``, ``model promote``. The demo has no labelled local data to validate on, so the
+    promotion is forced, with the reason recorded in the audit trail."""
+    from training.manifest import load_manifest
+
+    version = load_manifest(paths.model, verify_hashes=False).model_version
+    for args in (["db", "upgrade"], ["model", "import", str(paths.model)],
+                 ["model", "promote", version, "--force", "--by", "demo", "--reason",
+                  "demo: synthetic data, no local validation; NOT FOR CLINICAL USE"]):
+        done = subprocess.run([sys.executable, "-m", "cxr_triage", *args], env=env,
+                              check=False)
+        if done.returncode != 0:
+            raise TriageError(f"demo: `cxr-triage {' '.join(args[:2])}` failed (see above)")
+
+
+def add_demo_users(db_url: str) -> None:
+    """A demo admin (may see PHI) and a radiologist (may not), with the passwords printed."""
+    from db.models import Role
+    from db.session import make_engine, make_session_factory
+    from web.accounts import add_user
+
+    engine = make_engine(db_url)
+    try:
+        with make_session_factory(engine).begin() as session:
+            for name, password, role, phi in DEMO_USERS:
+                add_user(session, name, password, role=Role(role), can_view_phi=phi)
+    finally:
+        engine.dispose()
+
+
+def print_web_access(port: int) -> None:
+    print(f"\nWeb worklist (studies in triage order): http://127.0.0.1:{port}/worklist")
+    for name, password, role, phi in DEMO_USERS:
+        print(f"  {role:12} user {name!r}, password {password!r}"
+              f"{' (sees patient names)' if phi else ' (no patient names)'}")
 
 
 def _wait_for_node(port: int, stack: Stack, timeout_s: float = 60.0) -> None:

@@ -33,13 +33,15 @@ SHARED_MACHINE_TORCH_THREADS = "1"
 CONFIGURATION_ERROR_EXIT = 2
 
 
-def require_ensemble(model_dir: Path) -> None:
-    """Refuse to start without a trained ensemble, and say how to get one."""
-    if not (model_dir / "ensemble.json").is_file():
+def require_ensemble(model_dir: Path, live_version: str | None = None) -> None:
+    """Refuse to start without an ensemble (a promoted model, or one in ``model_dir``), and say
+    how to get one."""
+    if live_version is None and not (model_dir / "ensemble.json").is_file():
         raise TriageError(
-            f"no ensemble in {model_dir} (TRIAGE_MODEL_DIR). Train one with "
-            f"`cxr-triage train --data DATA_DIR --out {model_dir}`, or run `make demo`, which "
-            "builds a small demo ensemble (not for clinical use)"
+            f"no promoted model and no ensemble in {model_dir} (TRIAGE_MODEL_DIR). Import and "
+            "promote one (`cxr-triage model import DIR`, `cxr-triage model promote VERSION`), "
+            f"train one with `cxr-triage train --data DATA_DIR --out {model_dir}`, or run "
+            "`make demo`, which builds a small demo ensemble (not for clinical use)"
         )
 
 
@@ -54,11 +56,13 @@ class ChildSpec:
 
 def default_children(node_args: Sequence[str] = (),
                      worker_args: Sequence[str] = ()) -> list[ChildSpec]:
-    """The node, a scoring worker and a delivery worker (TRIAGE_DELIVER_CONCURRENCY)."""
+    """The node, a scoring worker, a delivery worker (TRIAGE_DELIVER_CONCURRENCY) and the web
+    app (TRIAGE_WEB_HOST, TRIAGE_WEB_PORT)."""
     return [
         ChildSpec("node", ("node", *node_args)),
         ChildSpec("score-worker", ("worker", "--queues", QUEUE_SCORE, *worker_args)),
         ChildSpec("deliver-worker", ("worker", "--queues", QUEUE_DELIVER, *worker_args)),
+        ChildSpec("web", ("web",)),
     ]
 
 
@@ -137,6 +141,20 @@ class Stack:
         engine = make_engine(DbSettings.from_env(self.env).url)
         try:
             upgrade(engine)
+        finally:
+            engine.dispose()
+
+    def live_model_version(self) -> str | None:
+        """The promoted model version the workers will load, if any (after ``migrate``)."""
+        from db.registry import live_model
+        from db.session import make_engine, make_session_factory
+        from db.settings import DbSettings
+
+        engine = make_engine(DbSettings.from_env(self.env).url)
+        try:
+            with make_session_factory(engine)() as session:
+                live = live_model(session)
+                return None if live is None else str(live.version)
         finally:
             engine.dispose()
 
@@ -247,11 +265,28 @@ def _reap(process: subprocess.Popen[bytes]) -> int:
     return process.wait()
 
 
+def _warn_if_nobody_may_send(node_args: Sequence[str]) -> None:
+    """Say at start when the node would refuse every association (empty allow-list)."""
+    from dicom_node.admission import empty_allow_list_warning
+    from dicom_node.settings import NodeSettings
+
+    settings = NodeSettings.from_env()
+    flagged = tuple(node_args[i + 1] for i, arg in enumerate(node_args[:-1])
+                    if arg == "--allow-aet")
+    warning = empty_allow_list_warning((*settings.allowed_aets, *flagged),
+                                       settings.allow_any_aet or "--allow-any-aet" in node_args)
+    if warning:
+        print(f"cxr-triage up: warning: {warning}", file=sys.stderr)
+
+
 def run_up(model_dir: Path, node_args: Sequence[str]) -> int:
     """Start the node and the workers with the current environment; block until stopped."""
-    require_ensemble(model_dir)
+    _warn_if_nobody_may_send(node_args)  # first: even when something else stops up
     env = {**os.environ, "TRIAGE_MODEL_DIR": str(model_dir)}
     stack = Stack(env, node_args=node_args)
+    stack.migrate()
+    live = stack.live_model_version()
+    require_ensemble(model_dir, live)
 
     def _stop(_signum: int, _frame: FrameType | None) -> None:
         stack.request_stop()
@@ -260,6 +295,7 @@ def run_up(model_dir: Path, node_args: Sequence[str]) -> int:
     signal.signal(signal.SIGINT, _stop)
     stack.start()
     names = ", ".join(stack.processes)
-    print(f"cxr-triage up: {names} running (ensemble {model_dir}); children that exit are "
+    model = f"promoted model {live}" if live else f"ensemble {model_dir}"
+    print(f"cxr-triage up: {names} running ({model}); children that exit are "
           "restarted; Ctrl-C stops them all", file=sys.stderr)
     return stack.supervise()

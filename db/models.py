@@ -16,6 +16,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Enum,
     Float,
@@ -151,6 +152,8 @@ class Decision(enum.StrEnum):
     SUSPECTED = "suspected"
     NOT_SUSPECTED = "not_suspected"
     INDETERMINATE = "indeterminate"
+    # the image gate found the image unlike the training data: no verdict, no priority claim
+    NOT_ASSESSABLE = "not_assessable"
 
 
 class Priority(enum.StrEnum):
@@ -323,3 +326,141 @@ class RescoreFailure(Base):
     content_sha256: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(String(REASON_LENGTH))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# --- Model registry and promotion (migration 0006) ----------------------------------------------
+
+VERSION_LENGTH = 64
+
+
+class ModelAction(enum.StrEnum):
+    """What a ``model_promotion`` row did to the live model."""
+
+    PROMOTE = "promote"  # made ``version`` live
+    ROLLBACK = "rollback"  # went back to ``version``, the one live before the last promotion
+
+
+class ModelVersion(Base):
+    """An ensemble imported into the model store (``cxr-triage model import``)."""
+
+    __tablename__ = "model_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[str] = mapped_column(String(VERSION_LENGTH), unique=True)
+    label: Mapped[str] = mapped_column(String(255), default="")
+    directory: Mapped[str] = mapped_column(String(1024))
+    dataset_fingerprint: Mapped[str] = mapped_column(String(64))
+    threshold: Mapped[float] = mapped_column(Float)
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)  # ensemble.json as imported
+    derived_from: Mapped[str | None] = mapped_column(String(VERSION_LENGTH))  # recalibrated
+    imported_by: Mapped[str] = mapped_column(String(64))
+    imported_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ModelPromotion(Base):
+    """Every change of the live model: who, when, why, and whether the gate was forced."""
+
+    __tablename__ = "model_promotion"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[str] = mapped_column(ForeignKey("model_version.version"), index=True)
+    action: Mapped[ModelAction] = mapped_column(status_type(ModelAction))
+    previous_version: Mapped[str | None] = mapped_column(String(VERSION_LENGTH))
+    promoted_by: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(String(MESSAGE_LENGTH))
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)
+    validation_id: Mapped[int | None] = mapped_column(Integer)  # the passing validation used
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# --- Local labels and validations (migration 0007) ----------------------------------------------
+
+
+class StudyLabel(Base):
+    """Ground truth for a study the node received (``cxr-triage labels import``)."""
+
+    __tablename__ = "study_label"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id"), unique=True)
+    positive: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(String(64))
+    labelled_on: Mapped[dt.date] = mapped_column(Date)
+    imported_by: Mapped[str] = mapped_column(String(64))
+    imported_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Validation(Base):
+    """One ``cxr-triage validate`` of a model version on local data, and its verdict."""
+
+    __tablename__ = "validation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[str] = mapped_column(String(VERSION_LENGTH), index=True)
+    data_source: Mapped[str] = mapped_column(String(1024))
+    passed: Mapped[bool] = mapped_column(Boolean)
+    criteria: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    report_path: Mapped[str] = mapped_column(String(1024))
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# --- Web users, service tokens and the audit log (migration 0005) ------------------------------
+
+
+class Role(enum.StrEnum):
+    """What a web user or service account may open (web/auth.py)."""
+
+    RADIOLOGIST = "radiologist"  # worklist, studies and the API
+    ADMIN = "admin"  # also the operations pages, redelivery and the audit log
+
+
+class WebUser(Base):
+    """A local account of the web app; ``password_hash`` is argon2id (argon2-cffi)."""
+
+    __tablename__ = "web_user"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[Role] = mapped_column(status_type(Role))
+    can_view_phi: Mapped[bool] = mapped_column(Boolean, default=False)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Sessions issued before this are no longer valid (a new password ends old sessions).
+    password_changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ServiceToken(Base):
+    """A bearer token of a service account (a RIS, a dashboard); only its SHA-256 is kept."""
+
+    __tablename__ = "service_token"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[Role] = mapped_column(status_type(Role))
+    can_view_phi: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditLog(Base):
+    """Who saw which study's data, when, and how (a page, an image, the API)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    username: Mapped[str] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    study_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH), index=True)
+    detail: Mapped[str | None] = mapped_column(String(255))
+    client: Mapped[str | None] = mapped_column(String(64))
+
+
+# The web worklist (migration 0005): studies by arrival, and each study's latest report.
+Index("ix_study_first_received_at", Study.first_received_at)
+Index("ix_report_study_id_id", Report.study_id, Report.id)
+Index("ix_report_decision_probability_mean", Report.decision, Report.probability_mean, Report.id)

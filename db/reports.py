@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.instances import dialect_insert
@@ -60,6 +60,25 @@ def study_view(session: Session, study_id: int, model_version: str) -> StudyView
         .order_by(Instance.id)
     ).all()
     return StudyView(study, pending, [(row[0], row[1]) for row in rows])
+
+
+def rescore_for_live_model(session: Session, study_id: int, model_version: str) -> int:
+    """Send the study's images scored only under another model version back to ``received``.
+
+    A model promoted between an image's score and its study's report would otherwise leave
+    that image out of the report (or the study unreported): the reconciler publishes the
+    rows again and the live model scores them. Returns how many were sent back.
+    """
+    live_score = exists().where(Score.instance_id == Instance.id,
+                                Score.model_version == model_version,
+                                Score.content_sha256 == Instance.content_sha256)
+    result = session.execute(
+        update(Instance)
+        .where(Instance.study_id == study_id, Instance.status == InstanceStatus.SCORED.value,
+               ~live_score)
+        .values(status=InstanceStatus.RECEIVED.value, enqueued_at=None, updated_at=utcnow())
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def latest_report(session: Session, study_id: int, model_version: str) -> Report | None:

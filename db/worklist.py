@@ -17,7 +17,12 @@ from sqlalchemy.orm import Session
 
 from db.models import Delivery, Instance, InstanceStatus, Report, Study
 
-DECISION_RANK = {"suspected": 0, "indeterminate": 1}
+# Suspected, then indeterminate, then (apart) the studies the model could not assess, then
+# the rest; a not-assessable study shows no probability (the model makes no claim on it).
+DECISION_RANK = {"suspected": 0, "indeterminate": 1, "not_assessable": 2}
+OTHER_RANK = 3
+NOT_ASSESSABLE = "not_assessable"
+NOT_ASSESSABLE_REASON = "not assessable: image unlike the training data"
 PENDING = "pending"
 RETRYING = "retrying"
 
@@ -59,7 +64,7 @@ def _delivery_summary(states: list[str]) -> str:
 
 
 def _sort_key(row: WorklistRow) -> tuple[int, float, dt.datetime]:
-    rank = DECISION_RANK.get(row.decision, 2)
+    rank = DECISION_RANK.get(row.decision, OTHER_RANK)
     probability = -(row.probability_mean or 0.0) if rank == 0 else 0.0
     return rank, probability, row.received_at
 
@@ -71,7 +76,8 @@ def worklist(
     decisions: frozenset[str] | None = None,
     show_phi: bool = False,
 ) -> list[WorklistRow]:
-    """Suspected first by probability, then indeterminate, then the rest by arrival time."""
+    """Suspected first by probability, then indeterminate, then not assessable, then the rest
+    by arrival time."""
     latest = (
         select(Report.study_id, func.max(Report.id).label("report_id"))
         .group_by(Report.study_id)
@@ -144,13 +150,16 @@ def _status(study: Study, report: Report | None, unreported: tuple[str, str | No
 def _row(study: Study, report: Report | None, states: dict[int, list[str]],
          show_phi: bool, status: tuple[str | None, str | None]) -> WorklistRow:
     unreported, reason = status
+    claim = report is not None and report.decision != NOT_ASSESSABLE
+    if report is not None and not claim:
+        reason = reason or NOT_ASSESSABLE_REASON
     return WorklistRow(
         study_instance_uid=study.study_instance_uid,
         accession_number=study.accession_number,
         received_at=study.first_received_at,
         decision=report.decision if report else (unreported or PENDING),
-        probability_mean=report.probability_mean if report else None,
-        probability_std=report.probability_std if report else None,
+        probability_mean=report.probability_mean if report and claim else None,
+        probability_std=report.probability_std if report and claim else None,
         delivery=_delivery_summary(states.get(report.id, [])) if report else "-",
         model_version=report.model_version if report else None,
         patient_name=study.patient_name if show_phi else None,

@@ -14,11 +14,13 @@ def _terminate(_signum: int, _frame: FrameType | None) -> None:
 
 
 def _run_node(args: argparse.Namespace) -> int:
+    from common.config import apply_overrides
     from db.settings import DbSettings
     from dicom_node.server import Node
     from dicom_node.settings import NodeSettings
 
-    settings = NodeSettings.from_env().with_overrides(
+    settings = apply_overrides(
+        NodeSettings.from_env(),
         ae_title=args.ae_title,
         host=args.host,
         port=args.port,

@@ -16,6 +16,7 @@ from pynetdicom.dimse_primitives import C_STORE
 
 from dicom_node.admission import Admission
 from dicom_node.ingest import Ingestor
+from dicom_node.negotiation import describe_proposal, log_refused_contexts, proposed_contexts
 from dicom_node.status import StoreStatus
 
 LOGGER = logging.getLogger(__name__)
@@ -25,11 +26,20 @@ def handle_requested(event: events.Event, admission: Admission) -> None:
     """EVT_REQUESTED: reject calling AEs that are not allowed (PS3.8 §7.1.1.9 diagnostic 3)."""
     request = event.assoc.requestor.primitive
     calling = request.calling_ae_title if request is not None else ""
-    refusal = admission.refusal(calling)
+    proposed = [abstract for abstract, _ in proposed_contexts(request).values()]
+    refusal = admission.refusal(calling, str(event.assoc.requestor.address), proposed)
     if refusal is not None:
-        LOGGER.warning("association from %s refused: %s", event.assoc.requestor.address, refusal)
+        LOGGER.warning("association from %s refused: %s; it proposed %s",
+                       event.assoc.requestor.address, refusal, describe_proposal(request))
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)
         _let_reject_reach_peer(event)
+
+
+def handle_accepted(event: events.Event) -> None:
+    """EVT_ACCEPTED: log every presentation context refused in the accepted association."""
+    requestor = event.assoc.requestor
+    log_refused_contexts(requestor.ae_title, str(requestor.address), requestor.primitive,
+                         event.assoc.rejected_contexts)
 
 
 def _let_reject_reach_peer(event: events.Event, timeout_s: float = 1.0) -> None:

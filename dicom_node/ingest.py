@@ -18,6 +18,7 @@ from pathlib import Path
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.metrics import instances_total
 from db.instances import (
     NewInstance,
     RecordOutcome,
@@ -81,11 +82,13 @@ class Ingestor:
         """
         request = StoreRequest(sop_class_uid, sop_instance_uid, transfer_syntax_uid)
         try:
-            return self._ingest(received, calling_ae, request)
+            status = self._ingest(received, calling_ae, request)
         except Exception as exc:  # the last guard: an exception here would answer 0xC211
-            return _unexpected(exc, calling_ae)
+            status = _unexpected(exc, calling_ae)
         finally:
             _remove_received(received)
+        _count(status)
+        return status
 
     def _ingest(self, received: Path, calling_ae: str, request: StoreRequest) -> StoreStatus:
         try:
@@ -212,6 +215,19 @@ class Ingestor:
         except Exception as exc:  # the row is committed: the sweeper publishes it later
             LOGGER.error("instance %d: hand-off for queueing failed (%s); the sweeper will "
                          "publish it", result.instance_id, type(exc).__name__)
+
+
+_FAILED = frozenset({StoreStatus.OUT_OF_RESOURCES, StoreStatus.OUT_OF_RESOURCES_DISK_FULL,
+                     StoreStatus.OUT_OF_RESOURCES_DATABASE,
+                     StoreStatus.CANNOT_UNDERSTAND_UNEXPECTED})
+
+
+def _count(status: StoreStatus) -> None:
+    """The ``triage_instances_total`` counter: received, refused (the sender's fault) or
+    failed (ours), with the status name as the reason."""
+    outcome = ("received" if status == StoreStatus.SUCCESS
+               else "failed" if status in _FAILED else "refused")
+    instances_total().labels(outcome, status.name.lower()).inc()
 
 
 def _storage_failure(exc: OSError, calling_ae: str) -> StoreStatus:

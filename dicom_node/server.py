@@ -14,12 +14,13 @@ from sqlalchemy import Engine
 from common.queues import make_celery
 from db.migrate import require_current
 from db.session import make_engine, make_session_factory
-from dicom_node.admission import Admission
+from dicom_node.admission import Admission, empty_allow_list_warning
 from dicom_node.ae import build_ae
 from dicom_node.enqueue import Enqueuer, Publisher
 from dicom_node.errors import NodeError
 from dicom_node.filters import TriageRules
 from dicom_node.handlers import (
+    handle_accepted,
     handle_echo,
     handle_released,
     handle_requested,
@@ -73,9 +74,14 @@ class Node:
         rules = (TriageRules.from_file(settings.filter_file) if settings.filter_file
                  else TriageRules())
         ingestor = Ingestor(store, sessions, rules, self.enqueuer.submit, settings.strict_uids)
-        admission = Admission(frozenset(settings.allowed_aets), settings.allow_any_aet)
+        admission = Admission(frozenset(settings.allowed_aets), settings.allow_any_aet,
+                              settings.healthcheck_aet)
+        nobody = empty_allow_list_warning(settings.allowed_aets, settings.allow_any_aet)
+        if nobody:
+            LOGGER.warning("node %s: %s", settings.ae_title, nobody)
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, handle_requested, [admission]),
+            (evt.EVT_ACCEPTED, handle_accepted),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [ingestor]),
             (evt.EVT_RELEASED, handle_released),

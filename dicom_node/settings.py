@@ -6,7 +6,6 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from common.config import (
     default_var_dir,
@@ -19,7 +18,7 @@ from common.config import (
     env_str,
 )
 from common.queues import DEFAULT_SCORE_LEASE_S, BrokerSettings
-from db.settings import DbSettings
+from db.settings import DbSettings, default_db_url
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,7 @@ class NodeSettings:
     storage_dir: Path = dataclasses.field(default_factory=lambda: default_var_dir() / "storage")
     allowed_aets: tuple[str, ...] = ()
     allow_any_aet: bool = False
+    healthcheck_aet: str = "CXR_HEALTHCHECK"  # C-ECHO only, from loopback only
     accept_secondary_capture: bool = False
     strict_uids: bool = False
     max_associations: int = 25
@@ -59,7 +59,7 @@ class NodeSettings:
     sweep_after_s: float = 60.0
     score_lease_s: float = DEFAULT_SCORE_LEASE_S
     tls: TlsSettings = TlsSettings()
-    db: DbSettings = dataclasses.field(default_factory=lambda: DbSettings(url="sqlite://"))
+    db: DbSettings = dataclasses.field(default_factory=lambda: DbSettings(default_db_url()))
     broker: BrokerSettings = dataclasses.field(default_factory=BrokerSettings)
 
     @classmethod
@@ -72,6 +72,7 @@ class NodeSettings:
             storage_dir=env_path(env, "STORAGE_DIR", d.storage_dir),
             allowed_aets=env_list(env, "ALLOWED_AETS", d.allowed_aets),
             allow_any_aet=env_bool(env, "ALLOW_ANY_AET", d.allow_any_aet),
+            healthcheck_aet=env_str(env, "HEALTHCHECK_AET", d.healthcheck_aet).strip(),
             accept_secondary_capture=env_bool(env, "ACCEPT_SECONDARY_CAPTURE",
                                               d.accept_secondary_capture),
             strict_uids=env_bool(env, "STRICT_UIDS", d.strict_uids),
@@ -95,8 +96,3 @@ class NodeSettings:
             db=DbSettings.from_env(env),
             broker=BrokerSettings.from_env(env),
         )
-
-    def with_overrides(self, **overrides: Any) -> NodeSettings:
-        """A copy with the given fields replaced; ``None`` values are ignored (flag not given)."""
-        given = {name: value for name, value in overrides.items() if value is not None}
-        return dataclasses.replace(self, **given)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests and the demo use: dcmtk (storescu, echoscu, storescp, dsrdump),
-# orthanc (the PACS the tests start), dicom3tools (dciodvfy), redis-server and openssl.
+# orthanc (the PACS the tests start), dicom3tools (dciodvfy), redis-server and openssl;
+# chromium and chromium-driver for the web app's browser tests (Selenium).
 # Installs only what is missing; needs root (or sudo) the first time.
 set -euo pipefail
 need=()
@@ -9,6 +10,10 @@ command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need+=(orthanc
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# ojph_compress (OpenJPH) makes the HTJ2K test files (tests/support/syntaxes.py).
+command -v ojph_compress >/dev/null 2>&1 || need+=(openjph-tools)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -60,11 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train (or resume) a cross-validation run and write the ensemble directory."""
+    from common.config import apply_overrides
     from training.cv import run_cross_validation
     from training.outputs import finish_run
     from training.settings import TrainingSettings
 
-    settings = TrainingSettings.from_env().override(
+    settings = apply_overrides(
+        TrainingSettings.from_env(),
         data=args.data, out=args.out, folds=args.folds, epochs=args.epochs,
         input_size=args.input_size, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, backbone_lr_factor=args.backbone_lr_factor,
@@ -82,11 +84,15 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate an ensemble on a labelled external set."""
-    from training.evaluate import evaluate_ensemble
+    from training.evaluate import evaluate_ensemble, summary_line
 
     out = args.out or args.model / f"eval-{args.data.resolve().name}"
     summary = evaluate_ensemble(args.model, args.data, out, device=args.device,
                                 batch_size=args.batch_size, limit=args.limit)
-    print(f"AUC {summary['auc']:.4f}, accuracy at threshold {summary['accuracy']:.4f}, "
-          f"Brier {summary['brier']:.4f}; report: {out / 'report.md'}")
+    print(f"{summary_line(summary)}\nreport: {out / 'report.md'}")
+    from training.gate_eval import gate_line
+
+    gate = gate_line(summary)  # both rejection rates when the data has a non-chest folder
+    if gate:
+        print(gate)
     return 0

@@ -13,8 +13,18 @@ from torch.utils.data import DataLoader
 
 from training import engine, report
 from training.data import CachedImages, Sample, discover, limit_per_class, load_cache
+from training.gate_eval import NON_CHEST_LABELS, evaluate_gate, gate_report, split_non_chest
 from training.manifest import EnsembleManifest, load_manifest
-from training.metrics import auc, binary_metrics, brier, confusion, roc
+from training.metrics import (
+    Confusion,
+    auc,
+    auc_bootstrap_interval,
+    binary_metrics,
+    brier,
+    confusion,
+    roc,
+    wilson_interval,
+)
 from training.model import load_fold_model
 
 log = logging.getLogger(__name__)
@@ -70,8 +80,12 @@ def _report_text(model_dir: Path, data: Path, manifest: EnsembleManifest, rows: 
         "Fold rows: each fold model alone at p > 0.5 (the spread across folds). Ensemble rows: "
         "mean of the fold probabilities.", "",
         f"- ensemble AUC: **{summary['auc']:.4f}**",
-        f"- at the training threshold: sensitivity {summary['sensitivity']:.4f}, "
-        f"specificity {summary['specificity']:.4f}, accuracy {summary['accuracy']:.4f}",
+        f"- at the threshold ({manifest.threshold:.4f}): sensitivity "
+        f"{summary['sensitivity']:.4f} {_ci(summary['sensitivity_ci'])}, specificity "
+        f"{summary['specificity']:.4f} {_ci(summary['specificity_ci'])}, accuracy "
+        f"{summary['accuracy']:.4f} {_ci(summary['accuracy_ci'])}",
+        f"- ensemble AUC interval: {_ci(summary['auc_ci'])} (stratified bootstrap)"
+        + (f"; **WARNING: below 0.5, {BELOW_CHANCE}**" if summary["auc"] < 0.5 else ""),
         f"- Brier score: {summary['brier']:.4f} (0 is perfect, 0.25 is a constant 0.5)",
         f"- mean per-image std of p(covid) across folds: {summary['mean_std']:.4f}; "
         f"fold AUC range {summary['fold_auc_min']:.4f} to {summary['fold_auc_max']:.4f}", "",
@@ -95,6 +109,33 @@ def _plots(out: Path, data: Path, rows: list[report.Row], per_fold: np.ndarray,
     report.plot_reliability(out / "reliability.png", y, mean, summary["brier"])
 
 
+BELOW_CHANCE = "worse than chance: check labels, or a source confound"
+
+
+def _intervals(c: Confusion, y: np.ndarray, mean: np.ndarray) -> dict[str, Any]:
+    """95 % intervals: Wilson for the proportions at the threshold, bootstrap for the AUC."""
+    return {"sensitivity_ci": wilson_interval(c.tp, c.tp + c.fn),
+            "specificity_ci": wilson_interval(c.tn, c.tn + c.fp),
+            "accuracy_ci": wilson_interval(c.tp + c.tn, c.tp + c.tn + c.fp + c.fn),
+            "auc_ci": auc_bootstrap_interval(y, mean)}
+
+
+def _ci(interval: tuple[float, float]) -> str:
+    return f"(95 % CI {interval[0]:.4f} to {interval[1]:.4f})"
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The one-line result ``cxr-triage evaluate`` prints, with a warning below chance."""
+    line = (f"AUC {summary['auc']:.4f} {_ci(summary['auc_ci'])}; accuracy at the threshold "
+            f"({summary['threshold']:.4f}): {summary['accuracy']:.4f} "
+            f"{_ci(summary['accuracy_ci'])}, sensitivity {summary['sensitivity']:.4f} "
+            f"{_ci(summary['sensitivity_ci'])}, specificity {summary['specificity']:.4f} "
+            f"{_ci(summary['specificity_ci'])}; Brier {summary['brier']:.4f}")
+    if summary["auc"] < 0.5:
+        line += f"\nWARNING: AUC {summary['auc']:.4f} is below 0.5: {BELOW_CHANCE}"
+    return line
+
+
 def evaluate_ensemble(model_dir: Path, data: Path, out: Path, *, device: str = "auto",
                       batch_size: int = 16, limit: int | None = None) -> dict[str, Any]:
     """Score ``data`` with the ensemble in ``model_dir``; write report, CSVs and plots to ``out``.
@@ -102,7 +143,9 @@ def evaluate_ensemble(model_dir: Path, data: Path, out: Path, *, device: str = "
     Returns the headline numbers (AUC, metrics at the manifest threshold, Brier, spread).
     """
     manifest = load_manifest(model_dir)
-    samples = limit_per_class(discover(data, manifest.class_names), limit, manifest.seed)
+    # a non-chest class or folder measures the image gate (training.gate_eval)
+    samples, non_chest = split_non_chest(limit_per_class(
+        discover(data, (*manifest.class_names, *NON_CHEST_LABELS)), limit, manifest.seed))
     y = np.array([int(s.label == manifest.positive_class) for s in samples])
     images = load_cache(samples, manifest.preprocess_config())
     classes = np.array([manifest.class_names.index(s.label) for s in samples])
@@ -116,11 +159,13 @@ def evaluate_ensemble(model_dir: Path, data: Path, out: Path, *, device: str = "
         "mean_std": float(std.mean()), "threshold": manifest.threshold,
         "fold_auc_min": float(np.nanmin(fold_aucs)), "fold_auc_max": float(np.nanmax(fold_aucs)),
         **binary_metrics(rows[-1].counts),
+        **_intervals(rows[-1].counts, y, mean),
     }
+    summary.update(evaluate_gate(manifest, model_dir, images, samples, non_chest, out))
     out.mkdir(parents=True, exist_ok=True)
     report.write_metrics_csv(out / "metrics.csv", rows)
     _write_predictions(out / "predictions.csv", samples, mean, std, manifest.threshold)
     _plots(out, data, rows, per_fold, mean, y, manifest, summary)
-    (out / "report.md").write_text(_report_text(model_dir, data, manifest, rows, summary),
-                                   encoding="utf-8")
+    (out / "report.md").write_text(_report_text(model_dir, data, manifest, rows, summary)
+                                   + gate_report(summary), encoding="utf-8")
     return summary

@@ -52,6 +52,8 @@ class EnsembleManifest:
     not_for_clinical_use: bool = True
     label: str = ""
     training: dict[str, Any] = field(default_factory=dict)
+    # The image gate (training.ood); None in ensembles trained before it existed: gate off.
+    ood_gate: dict[str, Any] | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -122,4 +124,23 @@ def load_manifest(directory: Path, *, verify_hashes: bool = True) -> EnsembleMan
             raise TrainingError(f"fold file {fold_path} named in {path} is missing")
         if verify_hashes and file_sha256(fold_path) != fold.sha256:
             raise TrainingError(f"fold file {fold_path} does not match its sha256 in {path}")
+    _check_gate(manifest, Path(directory), path, verify_hashes)
     return manifest
+
+
+def _check_gate(manifest: EnsembleManifest, directory: Path, path: Path,
+                verify_hashes: bool) -> None:
+    """The ``ood_gate`` block names one statistics file per fold, present and matching."""
+    gate = manifest.ood_gate
+    if gate is None:
+        return
+    entries = gate.get("folds") if isinstance(gate, dict) else None
+    if not isinstance(entries, list) or len(entries) != len(manifest.folds) \
+            or not isinstance(gate.get("threshold"), (int, float)):
+        raise TrainingError(f"{path}: ood_gate needs a threshold and one entry per fold")
+    for entry in entries:
+        stats = directory / str(entry.get("file"))
+        if not stats.is_file():
+            raise TrainingError(f"gate statistics {stats} named in {path} are missing")
+        if verify_hashes and file_sha256(stats) != entry.get("sha256"):
+            raise TrainingError(f"gate statistics {stats} do not match their sha256 in {path}")

@@ -110,3 +110,37 @@ def reliability(
             mean_pred[b] = float(np.mean(np.asarray(scores)[mask]))
             observed[b] = float(np.mean(np.asarray(y_true)[mask]))
     return mean_pred, observed, counts
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95
+                    ) -> tuple[float, float]:
+    """Wilson score interval of a proportion (``scipy.stats.binomtest``); NaNs when no trials."""
+    from scipy.stats import binomtest
+
+    if trials == 0:
+        return math.nan, math.nan
+    ci = binomtest(successes, trials).proportion_ci(confidence_level=confidence,
+                                                    method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def auc_bootstrap_interval(y_true: np.ndarray, scores: np.ndarray, *, samples: int = 2000,
+                           seed: int = 20261201) -> tuple[float, float]:
+    """95 % percentile interval of the AUC over a stratified, seeded bootstrap.
+
+    Positives and negatives are resampled separately, so each replicate has both classes.
+    A replicate's AUC is its Mann-Whitney U / (n_pos * n_neg) (``scipy.stats.mannwhitneyu``,
+    all replicates at once), which equals ``roc_auc_score``. NaNs with a single class.
+    """
+    from scipy.stats import mannwhitneyu
+
+    y = np.asarray(y_true).astype(int)
+    s = np.asarray(scores, dtype=float)
+    pos, neg = s[y == 1], s[y == 0]
+    if not pos.size or not neg.size:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    u = mannwhitneyu(rng.choice(pos, (samples, pos.size)), rng.choice(neg, (samples, neg.size)),
+                     axis=1, method="asymptotic").statistic
+    low, high = np.percentile(np.asarray(u, dtype=float) / (pos.size * neg.size), [2.5, 97.5])
+    return float(low), float(high)

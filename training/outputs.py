@@ -7,6 +7,7 @@ import logging
 import math
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from common.version import package_version
 from training import report
 from training.cv import FoldResult, Prepared, run_summary
 from training.data import DEFAULT_CLASSES, POSITIVE_CLASS, file_sha256
+from training.gate_fit import OOF_GATE_FILE, fit_gate
 from training.manifest import EnsembleManifest, FoldEntry, model_version, write_manifest
 from training.metrics import auc, binary_metrics, brier, confusion, roc, threshold_for_sensitivity
 from training.model import ARCHITECTURE
@@ -49,7 +51,7 @@ def _write_oof(path: Path, data: Prepared, results: list[FoldResult]) -> None:
 
 def _build_manifest(
     settings: TrainingSettings, data: Prepared, results: list[FoldResult],
-    rows: list[report.Row], threshold: tuple[float, float, float],
+    rows: list[report.Row], threshold: tuple[float, float, float], gate: dict[str, Any],
 ) -> EnsembleManifest:
     folds = []
     for r, row in zip(results, rows, strict=False):
@@ -69,7 +71,7 @@ def _build_manifest(
         model_version=model_version([f.sha256 for f in folds]),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         not_for_clinical_use=settings.not_for_clinical_use, label=settings.label,
-        training=run_summary(settings, results),
+        training=run_summary(settings, results), ood_gate=gate,
     )
 
 
@@ -96,12 +98,27 @@ def _report_text(settings: TrainingSettings, manifest: EnsembleManifest, rows: l
         f"sensitivity {threshold[1]:.4f} and specificity {threshold[2]:.4f}. The ensemble mean "
         "on new data is smoother than single-fold outputs, so re-check it with "
         "`cxr-triage evaluate` on an external set.", "",
+        *_gate_text(manifest.ood_gate),
         "## Plots", "",
         "![confusion matrices](confusion_matrices.png)", "",
         "![training progress](training_progress.png)", "",
         "![ROC of out-of-fold predictions](roc_oof.png)", "",
         "![reliability of out-of-fold predictions](reliability_oof.png)", "",
     ])
+
+
+def _gate_text(gate: dict[str, Any] | None) -> list[str]:
+    if not gate:
+        return []
+    return [
+        "## Image gate (not assessable)", "",
+        f"{gate['method']} on {gate['feature_layer']} features; threshold "
+        f"**{gate['threshold']:.4f}** on the gate score rejects "
+        f"{100 * gate['oof_rejection']:.2f} % of the {gate['oof_images']} out-of-fold images "
+        f"(target <= {100 * gate['target_rejection']:.0f} %); with each fold's threshold chosen "
+        f"on the other folds only (cross-fitted): {100 * gate['crossfit_rejection']:.2f} %. "
+        f"Per image: `{OOF_GATE_FILE}`.", "",
+    ]
 
 
 def finish_run(settings: TrainingSettings, data: Prepared,
@@ -112,7 +129,8 @@ def finish_run(settings: TrainingSettings, data: Prepared,
     y_all = np.concatenate([r.labels for r in results])
     p_all = np.concatenate([r.probs for r in results])
     threshold = threshold_for_sensitivity(y_all, p_all, settings.target_sensitivity)
-    manifest = _build_manifest(settings, data, results, rows, threshold)
+    gate = fit_gate(out, data, results)
+    manifest = _build_manifest(settings, data, results, rows, threshold, gate)
     write_manifest(out, manifest)
     report.write_metrics_csv(out / "metrics.csv", rows)
     _write_oof(out / "oof_predictions.csv", data, results)

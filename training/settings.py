@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +91,6 @@ class TrainingSettings:
             seed=env_int(env, "TRAIN_SEED", d.seed),
             target_sensitivity=env_float(env, "TRAIN_TARGET_SENSITIVITY", d.target_sensitivity),
         )
-
-    def override(self, **changes: Any) -> TrainingSettings:
-        """Copy with the given (non-``None``) values replaced: CLI flags that were passed."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def run_config(self) -> dict[str, Any]:
         """The values that must match for a resumed run to reuse earlier folds."""

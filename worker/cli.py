@@ -79,24 +79,29 @@ def _deliveries(args: argparse.Namespace) -> int:
 
 
 def _redeliver(args: argparse.Namespace) -> int:
-    from common.queues import QUEUE_DELIVER, TASK_DELIVER_REPORT, make_celery
-    from db.reports import requeue_deliveries
+    """Requeue deliveries; an unknown ``--report`` id is an error (exit 2), not "nothing"."""
+    from db.models import Report
     from db.session import make_engine, make_session_factory
+    from worker.deliver.requeue import redeliver
+    from worker.errors import WorkerError
 
     if args.report is None and not args.all_failed:
-        print("cxr-triage redeliver: give --report ID or --all-failed")
-        return 2
+        raise WorkerError("give --report ID or --all-failed")
     settings = WorkerSettings.from_env()
+    _require_current_schema(settings.db.url)
     engine = make_engine(settings.db.url)
     try:
-        with make_session_factory(engine).begin() as session:
-            pairs = requeue_deliveries(session, report_id=args.report,
-                                       all_failed=args.all_failed)
+        sessions = make_session_factory(engine)
+        if args.report is not None:
+            with sessions() as session:
+                if session.get(Report, args.report) is None:
+                    raise WorkerError(f"no report with id {args.report}; "
+                                      "`cxr-triage deliveries` lists the report ids")
+        pairs = redeliver(sessions, settings.broker,
+                          report_id=args.report, all_failed=args.all_failed)
     finally:
         engine.dispose()
-    app = make_celery(settings.broker)
     for report_id, destination in pairs:
-        app.send_task(TASK_DELIVER_REPORT, args=[report_id, destination], queue=QUEUE_DELIVER)
         print(f"report {report_id} -> {destination}: queued again")
     if not pairs:
         print("nothing to redeliver")

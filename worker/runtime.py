@@ -10,15 +10,19 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.session import make_engine, make_session_factory
+from db.session import make_session_factory
 from training.manifest import EnsembleManifest, load_manifest
 from worker.deliver.delivery import DeliveryOptions
 from worker.deliver.destinations import Destination, parse_destinations
+from worker.engine import make_worker_engine  # re-exported: its old home
+from worker.models.store import live_model_dir
 from worker.report.identity import ModelIdentity, model_identity
 from worker.report.study import ReportOptions
 from worker.score.ensemble import Ensemble
@@ -26,30 +30,6 @@ from worker.score.live import ScoringOptions
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
-
-
-def _begin_immediate(engine: Engine) -> None:
-    """SQLite: take the write lock when a transaction starts.
-
-    With WAL, a transaction that reads and then writes fails at once (SQLITE_BUSY_SNAPSHOT)
-    if another process committed in between; BEGIN IMMEDIATE waits (busy_timeout) instead.
-    """
-    def no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-
-    def begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    event.listen(engine, "connect", no_implicit_begin)
-    event.listen(engine, "begin", begin)
-
-
-def make_worker_engine(url: str) -> Engine:
-    """The database engine the worker uses (``db.session.make_engine`` plus the above)."""
-    engine = make_engine(url)
-    if engine.dialect.name == "sqlite":
-        _begin_immediate(engine)
-    return engine
 
 
 class WorkerContext:
@@ -66,6 +46,8 @@ class WorkerContext:
         self._sessions: sessionmaker[Session] | None = None
         self._ensemble: Ensemble | None = None
         self._manifest: EnsembleManifest | None = None
+        self._model_dir: Path = settings.model_dir
+        self._checked_at: float | None = None
 
     @property
     def sessions(self) -> sessionmaker[Session]:
@@ -75,19 +57,51 @@ class WorkerContext:
                 self._sessions = make_session_factory(self._engine)
             return self._sessions
 
+    @property
+    def model_dir(self) -> Path:
+        """The folder of the model this process scores with (after the last check)."""
+        return self._model_dir
+
+    def _refresh_locked(self) -> None:
+        """Follow the live model: ask the database at most every ``model_check_s``.
+
+        The promoted version's store folder when one is live, else ``TRIAGE_MODEL_DIR``. A
+        change drops the loaded ensemble; the next batch loads the new one (no restart).
+        """
+        now = time.monotonic()
+        if self._checked_at is not None and now - self._checked_at < self.settings.model_check_s:
+            return
+        self._checked_at = now
+        assert self._sessions is not None
+        with self._sessions() as session:
+            live = live_model_dir(session)
+        wanted = self.settings.model_dir if live is None else live[1]
+        if wanted != self._model_dir:
+            logger.warning("live model changed: %s -> %s; loading it for the next batch",
+                           self._model_dir, wanted)
+            self._model_dir, self._ensemble, self._manifest = wanted, None, None
+
+    def refresh(self) -> None:
+        """Check which model is live (rate-limited); called before a batch is claimed."""
+        _ = self.sessions  # built first: the property takes the lock itself
+        with self._lock:
+            self._refresh_locked()
+
     def ensemble(self) -> Ensemble:
-        """The ensemble, loaded (and hash-checked) on first use in this process."""
+        """The live ensemble, loaded (and hash-checked) on first use after each change."""
+        self.refresh()
         with self._lock:
             if self._ensemble is None:
-                self._ensemble = Ensemble.load(self.settings.model_dir, self.settings.inference)
+                self._ensemble = Ensemble.load(self._model_dir, self.settings.inference)
                 self._manifest = self._ensemble.manifest
             return self._ensemble
 
     def model(self) -> tuple[ModelIdentity, str]:
         """Identity and model_version for reports, from the manifest (weights not loaded)."""
+        self.refresh()
         with self._lock:
             if self._manifest is None:
-                self._manifest = load_manifest(self.settings.model_dir, verify_hashes=False)
+                self._manifest = load_manifest(self._model_dir, verify_hashes=False)
             return model_identity(self._manifest), self._manifest.model_version
 
     def after_fork(self, **_: Any) -> None:

@@ -148,7 +148,11 @@ class WorkerSettings:
 
     Attributes
     ----------
-    model_dir : ensemble directory holding ``ensemble.json`` (``TRIAGE_MODEL_DIR``).
+    model_dir : ensemble directory holding ``ensemble.json`` (``TRIAGE_MODEL_DIR``); used when
+        no model has been promoted from the model store.
+    model_store : where ``model import`` copies ensembles, one folder per model version.
+    model_check_s : how often (at most) a worker asks the database which model is live.
+    acceptance_file : the site's acceptance criteria for ``validate`` (YAML or JSON).
     destinations : ``TRIAGE_DESTINATIONS`` as written (parsed by ``worker.deliver.destinations``).
     storage_dir : the node's storage; SRs go to ``sr_dir`` (default ``<storage_dir>/sr``).
     study_quiet_s : a study is reported once no image arrived for this long.
@@ -166,6 +170,9 @@ class WorkerSettings:
     """
 
     model_dir: Path = dataclasses.field(default_factory=lambda: _under_var("model"))
+    model_store: Path = dataclasses.field(default_factory=lambda: _under_var("models"))
+    model_check_s: float = 5.0
+    acceptance_file: Path | None = None
     destinations: str = ""
     storage_dir: Path = dataclasses.field(default_factory=lambda: _under_var("storage"))
     sr_dir: Path | None = None
@@ -202,6 +209,9 @@ class WorkerSettings:
         d = cls()
         return cls(
             model_dir=env_path(env, "MODEL_DIR", d.model_dir),
+            model_store=env_path(env, "MODEL_STORE", d.model_store),
+            model_check_s=env_float(env, "MODEL_CHECK_S", d.model_check_s),
+            acceptance_file=env_opt_path(env, "ACCEPTANCE_FILE"),
             destinations=env_str(env, "DESTINATIONS", d.destinations),
             storage_dir=env_path(env, "STORAGE_DIR", d.storage_dir),
             sr_dir=env_opt_path(env, "SR_DIR"),

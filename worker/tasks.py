@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from celery import Celery, Task
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.metrics import deliveries_total, reports_total
 from common.queues import (
     QUEUE_DELIVER,
     TASK_DELIVER_REPORT,
@@ -59,6 +60,7 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
               **DB_RETRY)
     def score_instance(self: TriageTask, instance_id: int) -> None:
         token = str(self.request.id or f"local-{instance_id}")
+        context.refresh()  # between batches: follow a newly promoted model
         run = score_instances(context.sessions, int(instance_id), token,
                               lambda: self.ensemble, context.scoring_options())
         _report_due(context.sessions, run.studies, context.settings.study_quiet_s)
@@ -78,6 +80,7 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
                                   model_version=model_version,
                                   destinations=list(context.destinations.values()),
                                   options=options, only_when_due=True)
+        reports_total().labels(outcome.action.value).inc()
         if outcome.retry_in_s is not None:  # WAIT or RETRY; the study records when, too
             app.send_task(TASK_REPORT_STUDY, args=[study_id], queue=QUEUE_DELIVER,
                           countdown=outcome.retry_in_s)
@@ -92,6 +95,7 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
                                 destinations=context.destinations,
                                 send=scu_sender(context.settings.calling_ae),
                                 options=context.delivery_options(), only_when_due=True)
+        deliveries_total().labels(result.state.value if result.state else "unknown").inc()
         if result.retry_in_s is not None:
             # A new message with a countdown; this one is acknowledged. Attempts are counted
             # in the database, so Celery's own retry limit is not used.

@@ -29,6 +29,7 @@ EXPECTED_VALUE = {
     Decision.SUSPECTED: sr_codes.SUSPECTED,
     Decision.NOT_SUSPECTED: sr_codes.NOT_SUSPECTED,
     Decision.INDETERMINATE: sr_codes.INDETERMINATE,
+    Decision.NOT_ASSESSABLE: sr_codes.NOT_ASSESSABLE,  # no priority, no probability
 }
 
 
@@ -41,6 +42,15 @@ def _source(kind: str) -> Dataset:
 def _finding(source: Dataset, decision: Decision = Decision.SUSPECTED) -> StudyFinding:
     folds = (0.80, 0.86, 0.90, 0.84, 0.85)
     return StudyFinding(decision, 0.85, 0.0354, (str(source.SOPInstanceUID),), folds)
+
+
+def _text_values(ds: Dataset) -> list[str]:
+    """Every TEXT content item's value, depth first."""
+    found = []
+    for item in ds.get("ContentSequence", []):
+        found += [str(item.TextValue)] if "TextValue" in item else []
+        found += _text_values(item)
+    return found
 
 
 def _dciodvfy(path: Path) -> list[str]:
@@ -64,7 +74,12 @@ def test_sr_is_valid_and_readable(tmp_path: Path, source_kind: str, decision: De
     assert dump.returncode == 0, dump.stderr
     assert '(840539006,SCT,"COVID-19")' in dump.stdout
     assert f'({EXPECTED_VALUE[decision].value},SCT,' in dump.stdout
-    assert '"Probability")="0.85"' in dump.stdout
+    if decision is Decision.NOT_ASSESSABLE:
+        assert '"Probability")' not in dump.stdout and '"Priority")' not in dump.stdout
+        assert any("not assessable: image unlike the training data" in text
+                   for text in _text_values(pydicom.dcmread(path)))
+    else:
+        assert '"Probability")="0.85"' in dump.stdout
     assert "UNVERIFIED" in dump.stdout
 
 
@@ -80,6 +95,10 @@ def test_content_reads_back_with_highdicom(tmp_path: Path, decision: Decision) -
     assert group.finding_type == sr_codes.COVID19
     values = {ev.name: ev.value for ev in group.get_qualitative_evaluations()}
     assert values[sr_codes.COVID19] == EXPECTED_VALUE[decision]
+    if decision is Decision.NOT_ASSESSABLE:
+        assert sr_codes.PRIORITY not in values
+        assert group.get_measurements(name=sr_codes.PROBABILITY) == []
+        return
     priority = Priority.HIGH if decision is Decision.SUSPECTED else Priority.ROUTINE
     expected_priority = sr_codes.HIGH_PRIORITY if priority is Priority.HIGH else (
         sr_codes.ROUTINE_PRIORITY

@@ -88,7 +88,17 @@ def test_rescore_sends_srs_only_for_changed_studies(
             "JOIN study s ON s.id = r.study_id"))}
 
         model_b, expected = _model_b(tmp_path, studies)
-        second = cli(env, "rescore", "--model", str(model_b))
+        # B is not live: by default its results are recorded, never sent (issue 13).
+        default = cli(env, "rescore", "--model", str(model_b), "--dry-run")
+        assert default.returncode == 0, default.stdout + default.stderr
+        assert "is not the live model" in default.stdout
+        assert "reports a real run writes 0 (--send none)" in default.stdout
+        dry = cli(env, "rescore", "--model", str(model_b), "--send", "changed", "--dry-run")
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        assert f"studies changed          {len(expected)}" in dry.stdout
+        assert f"reports a real run writes {len(expected)}" in dry.stdout
+        assert len(orthanc.instances()) == len(studies)  # the dry runs sent nothing
+        second = cli(env, "rescore", "--model", str(model_b), "--send", "changed")
         assert second.returncode == 0, second.stdout + second.stderr
         assert f"studies changed          {len(expected)}" in second.stdout
         assert f"reports written          {len(expected)}" in second.stdout
@@ -108,7 +118,7 @@ def test_rescore_sends_srs_only_for_changed_studies(
         assert len(orthanc.instances()) == len(studies) + len(expected)
 
         # The same command again: nothing to score, nothing to send.
-        again = cli(env, "rescore", "--model", str(model_b))
+        again = cli(env, "rescore", "--model", str(model_b), "--send", "changed")
         assert again.returncode == 0, again.stdout + again.stderr
         assert "scored by this run       0" in again.stdout
         assert "reports written          0" in again.stdout

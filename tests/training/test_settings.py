@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import SettingError
+from common.config import SettingError, apply_overrides
 from training.errors import TrainingError
 from training.settings import TrainingSettings
 
@@ -16,7 +16,7 @@ def test_from_env_then_override() -> None:
     settings = TrainingSettings.from_env(env)
     assert settings.epochs == 5 and settings.data == Path("/data") and settings.mode == "frozen"
     assert settings.folds == 10 and settings.weights == "imagenet"  # paper defaults
-    changed = settings.override(epochs=None, folds=3)
+    changed = apply_overrides(settings, epochs=None, folds=3)
     assert changed.epochs == 5 and changed.folds == 3
 
 

@@ -11,8 +11,9 @@ from cxr_triage.cli import main
 from cxr_triage.synthetic import dicom_study, radiograph, write_training_set
 
 
-def test_up_without_ensemble_says_how_to_train(tmp_path: Path,
+def test_up_without_ensemble_says_how_to_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("TRIAGE_DB_URL", f"sqlite:///{tmp_path / 'triage.db'}")
     assert main(["up", "--model-dir", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert "no ensemble" in err and "cxr-triage train" in err and "make demo" in err

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import SettingError
+from common.config import SettingError, apply_overrides
 from cxr_triage.cli import build_parser
 from dicom_node.admission import Admission
 from dicom_node.settings import NodeSettings
@@ -41,7 +41,8 @@ def test_environment_read() -> None:
 
 
 def test_overrides_only_when_given() -> None:
-    settings = NodeSettings.from_env({"TRIAGE_PORT": "4242"}).with_overrides(port=None, host="::1")
+    base = NodeSettings.from_env({"TRIAGE_PORT": "4242"})
+    settings = apply_overrides(base, port=None, host="::1")
     assert settings.port == 4242 and settings.host == "::1"
 
 

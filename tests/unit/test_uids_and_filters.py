@@ -51,10 +51,11 @@ def _header(**values: str) -> dict[str, str]:
         ({"Modality": "CR", "BodyPartExamined": "CHEST", "ViewPosition": "PA"}, True, None),
         ({"Modality": "DX", "ViewPosition": "AP"}, True, None),
         ({"Modality": "dx", "BodyPartExamined": "chest"}, True, None),
-        ({"Modality": "CT", "BodyPartExamined": "CHEST"}, False, "Modality CT"),
-        ({"Modality": "CR", "BodyPartExamined": "HIP"}, False, "BodyPartExamined HIP"),
-        ({"Modality": "DX", "ViewPosition": "LL"}, False, "ViewPosition LL"),
-        ({}, False, "Modality (empty)"),
+        ({"Modality": "CT", "BodyPartExamined": "CHEST"}, False, "not a radiograph: Modality CT"),
+        ({"Modality": "CR", "BodyPartExamined": "HIP"}, False,
+         "not a chest: BodyPartExamined HIP"),
+        ({"Modality": "DX", "ViewPosition": "LL"}, False, "lateral view: ViewPosition 'LL'"),
+        ({}, False, "not a radiograph: Modality (empty)"),
     ],
 )
 def test_default_rules(values: dict[str, str], candidate: bool, reason: str | None) -> None:

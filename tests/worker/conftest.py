@@ -136,7 +136,8 @@ def delivery_opts(**changes: Any) -> DeliveryOptions:
     return dataclasses.replace(delivery_options(WorkerSettings()), **changes)
 
 
-INTEGRATION_MODULES = frozenset({"test_up.py", "test_worker_e2e.py", "test_recovery.py"})
+INTEGRATION_MODULES = frozenset({"test_up.py", "test_worker_e2e.py", "test_recovery.py",
+                                 "test_gate_e2e.py"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

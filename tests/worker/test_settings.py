@@ -9,7 +9,7 @@ import pytest
 from common.config import apply_overrides
 from common.queues import BrokerSettings
 from cxr_triage.cli import build_parser
-from cxr_triage.settings_catalog import settings_read_by_code
+from tests.support.settings_catalog import settings_read_by_code
 from tests.worker.conftest import scoring_options
 from worker import cli as worker_cli
 from worker.rescore import cli as rescore_cli
@@ -60,10 +60,8 @@ def test_command_line_flags_override_the_environment(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("TRIAGE_RESCORE_WORKERS", "1")
     monkeypatch.setenv("TRIAGE_DEVICE", "cuda")
     parser = build_parser()
-    rescore = rescore_cli._settings(parser.parse_args(["rescore", "--batch-size", "7",
-                                                       "--model", "/m"]))
+    rescore = rescore_cli._settings(parser.parse_args(["rescore", "--batch-size", "7"]))
     assert (rescore.rescore.batch, rescore.rescore.loader_workers) == (7, 1)
-    assert rescore.model_dir == Path("/m")
     worker = worker_cli._settings(parser.parse_args(["worker", "--device", "cpu"]))
     assert worker.inference.device == "cpu" and worker.rescore.batch == 3
 

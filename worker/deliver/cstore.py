@@ -28,6 +28,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
+from common.dicom_ids import IMPLEMENTATION_CLASS_UID, implementation_version_name
 from worker.deliver.destinations import Destination, validate_ae_title
 from worker.errors import WorkerError
 
@@ -243,6 +244,8 @@ def send_file(
                                destination=destination.label)
     ds = _read(Path(path))
     ae = AE(ae_title=validate_ae_title(calling_ae))
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = implementation_version_name()
     ae.connection_timeout = timeouts.connect
     ae.acse_timeout = timeouts.acse
     ae.dimse_timeout = timeouts.dimse

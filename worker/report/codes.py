@@ -9,6 +9,8 @@ source it was taken from. docs/sr.md lists every concept the report uses.
 from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
 
+from worker.score.decision import Decision, Priority
+
 # --- SNOMED CT concepts absent from the DICOM code dictionary -------------------------
 # SNOMED CT International Edition, concept 840539006, FSN "Disease caused by severe
 # acute respiratory syndrome coronavirus 2 (disorder)", preferred term "COVID-19"
@@ -35,3 +37,18 @@ STANDARD_DEVIATION = CodedConcept.from_code(codes.SCT.StandardDeviation)  # SCT 
 UNITLESS = CodedConcept.from_code(codes.UCUM.NoUnits)  # UCUM "1", a probability in [0, 1]
 CHEST_IMAGING = CodedConcept.from_code(codes.SCT.ChestImaging)  # SCT 413815006
 PLAIN_RADIOGRAPHY = CodedConcept.from_code(codes.SCT.PlainRadiography)  # SCT 168537006
+# The COVID-19 finding of a not-assessable study: its presence is undetermined (SCT 373068000
+# "Undetermined", CID 230 Yes-No-Undetermined); the report carries no priority and no
+# probability, and its tracking identifier says why (docs/sr.md).
+NOT_ASSESSABLE = CodedConcept.from_code(codes.SCT.Undetermined)  # SCT 373068000
+
+DECISION_CODES = {
+    Decision.SUSPECTED: SUSPECTED,
+    Decision.NOT_SUSPECTED: NOT_SUSPECTED,
+    Decision.INDETERMINATE: INDETERMINATE,
+    Decision.NOT_ASSESSABLE: NOT_ASSESSABLE,
+}
+PRIORITY_CODES = {
+    Priority.HIGH: HIGH_PRIORITY,
+    Priority.ROUTINE: ROUTINE_PRIORITY,
+}

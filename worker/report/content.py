@@ -28,7 +28,8 @@ class StudyFinding:
     Parameters
     ----------
     decision
-        Suspected, not suspected or indeterminate (a ``Decision`` or its value).
+        Suspected, not suspected, indeterminate or not assessable (a ``Decision`` or its
+        value); a not-assessable finding makes no probability claim (the SR omits them).
     probability_mean, probability_std
         Mean COVID-19 probability over the folds and its standard deviation.
     scored_sop_instance_uids
@@ -58,7 +59,10 @@ class StudyFinding:
 
     @property
     def priority(self) -> Priority:
-        """HIGH for a suspected study, ROUTINE otherwise."""
+        """HIGH for a suspected study, ROUTINE otherwise.
+
+        A not-assessable study is recorded ROUTINE (never HIGH), and its SR has no priority.
+        """
         return Priority.HIGH if self.decision is Decision.SUSPECTED else Priority.ROUTINE
 
 

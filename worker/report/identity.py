@@ -10,6 +10,7 @@ from training.manifest import EnsembleManifest
 from worker.report.content import SRError
 
 DEFAULT_ALGORITHM_NAME = "cxr-triage COVID-19 ensemble"
+RECALIBRATION_KEY = "recalibration"  # in the manifest's ``training`` block (``validate``)
 _DEVICE_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cxr-triage:device")
 
 
@@ -18,13 +19,15 @@ class ModelIdentity:
     """The ensemble that produced the finding.
 
     ``device_uid`` is derived from ``ensemble_hash``, so it changes whenever the
-    model is retrained (PS3.5 B.2, a UUID-derived UID under ``2.25``).
+    model is retrained (PS3.5 B.2, a UUID-derived UID under ``2.25``), and from the
+    ``operating_point`` of a threshold recalibrated on local data.
     """
 
     algorithm_name: str
     version: str
     ensemble_hash: str
     not_for_clinical_use: bool = False
+    operating_point: str = ""  # set when the threshold was recalibrated on local data
 
     def __post_init__(self) -> None:
         for field_name in ("algorithm_name", "version"):  # LO values (PS3.5 6.2)
@@ -38,6 +41,8 @@ class ModelIdentity:
     def device_uid(self) -> str:
         """Deterministic Device UID for this algorithm and ensemble."""
         key = f"{self.algorithm_name}/{self.ensemble_hash}"
+        if self.operating_point:  # same weights, another threshold: another device
+            key += f"/{self.operating_point}"
         return f"2.25.{uuid.uuid5(_DEVICE_UID_NAMESPACE, key).int}"
 
 
@@ -59,4 +64,6 @@ def model_identity(manifest: EnsembleManifest) -> ModelIdentity:
         version=_lo(manifest.model_version) or "unknown",
         ensemble_hash=ensemble_hash(manifest),
         not_for_clinical_use=manifest.not_for_clinical_use,
+        operating_point=(f"threshold={manifest.threshold!r}"
+                         if manifest.training.get(RECALIBRATION_KEY) else ""),
     )

@@ -44,10 +44,11 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import UID, generate_uid
 from pydicom.valuerep import validate_value
 
+from common.dicom_ids import stamp_implementation
 from worker.report import codes as sr_codes
 from worker.report.content import PredecessorRef, SRError, StudyFinding
 from worker.report.identity import ModelIdentity
-from worker.score.decision import Decision, Priority
+from worker.score.decision import NOT_ASSESSABLE_TEXT, Decision
 
 logger = logging.getLogger(__name__)
 
@@ -82,16 +83,6 @@ _TEXT_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UT"}
 )
 
-
-_DECISION_CODES = {
-    Decision.SUSPECTED: sr_codes.SUSPECTED,
-    Decision.NOT_SUSPECTED: sr_codes.NOT_SUSPECTED,
-    Decision.INDETERMINATE: sr_codes.INDETERMINATE,
-}
-_PRIORITY_CODES = {
-    Priority.HIGH: sr_codes.HIGH_PRIORITY,
-    Priority.ROUTINE: sr_codes.ROUTINE_PRIORITY,
-}
 
 
 def _is_valid(element: DataElement) -> bool:
@@ -211,8 +202,19 @@ def _algorithm_id(model: ModelIdentity, extra: Iterable[str] = ()) -> AlgorithmI
 def _measurement_group(
     finding: StudyFinding, model: ModelIdentity, scored: Sequence[Dataset]
 ) -> MeasurementsAndQualitativeEvaluations:
-    """TID 1501 group: finding, priority, probabilities and the scored images."""
+    """TID 1501 group: finding, priority, probabilities and the scored images.
+
+    A not-assessable study has the finding "undetermined" only: no priority, no probability.
+    """
     label = "COVID-19 triage" + (f" ({NOT_FOR_CLINICAL_USE})" if model.not_for_clinical_use else "")
+    evaluations = [QualitativeEvaluation(sr_codes.COVID19,
+                                         sr_codes.DECISION_CODES[finding.decision])]
+    assessed = finding.decision is not Decision.NOT_ASSESSABLE
+    if assessed:
+        evaluations.append(QualitativeEvaluation(sr_codes.PRIORITY,
+                                                 sr_codes.PRIORITY_CODES[finding.priority]))
+    else:
+        label = f"{label} - {NOT_ASSESSABLE_TEXT}"
     return MeasurementsAndQualitativeEvaluations(
         # The same UID for every version of a study's report tracks the finding across them.
         tracking_identifier=TrackingIdentifier(
@@ -221,11 +223,8 @@ def _measurement_group(
         ),
         finding_type=sr_codes.COVID19,
         algorithm_id=_algorithm_id(model),
-        qualitative_evaluations=[
-            QualitativeEvaluation(sr_codes.COVID19, _DECISION_CODES[finding.decision]),
-            QualitativeEvaluation(sr_codes.PRIORITY, _PRIORITY_CODES[finding.priority]),
-        ],
-        measurements=_measurements(finding, model),
+        qualitative_evaluations=evaluations,
+        measurements=_measurements(finding, model) if assessed else None,
         source_images=[SourceImageForMeasurementGroup.from_source_image(ds) for ds in scored],
     )
 
@@ -375,6 +374,7 @@ def write_sr(sr: Dataset, path: Path) -> Path:
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    stamp_implementation(sr)
     try:
         with open(tmp, "wb") as fh:
             dcmwrite(fh, sr, enforce_file_format=True)

@@ -33,6 +33,7 @@ from db.reports import (
     add_deliveries,
     insert_report,
     latest_report,
+    rescore_for_live_model,
     study_view,
 )
 from worker.report.content import PredecessorRef, StudyFinding
@@ -199,13 +200,18 @@ def report_study(sessions: sessionmaker[Session], study_id: int, *, identity: Mo
     version that the first report under this one names as its predecessor.
     """
     now = now or utcnow()
-    with sessions() as session:
+    with sessions.begin() as session:
         view = study_view(session, study_id, model_version)
         previous = latest_report(session, study_id, model_version)
+        requeued = 0 if view is None else rescore_for_live_model(session, study_id, model_version)
     if view is None:
         logger.warning("study %d: unknown, no report", study_id)
         return ReportOutcome(ReportAction.UNKNOWN)
     uid = view.study.study_instance_uid
+    if requeued:
+        logger.info("study %s: %d images scored under another model version go back to be "
+                    "scored by %s before the report", uid, requeued, model_version)
+        return ReportOutcome(ReportAction.WAIT, retry_in_s=max(options.quiet_s, 0.1))
     wait = _wait_for(view, options, now)
     if wait is not None:
         logger.debug("study %s: not quiet (%d pending), report in %.1f s", uid, view.pending, wait)

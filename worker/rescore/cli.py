@@ -11,35 +11,27 @@ import argparse
 import datetime as dt
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import apply_overrides
 from common.errors import TriageError
+from worker.engine import current_sessions
 from worker.rescore.modes import SendMode
 from worker.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from worker.rescore.run import RescoreRequest
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILURE, EXIT_PARTIAL, EXIT_DRIFT = 0, 1, 3, 4
 
 
-@contextmanager
-def _sessions(url: str) -> Iterator[sessionmaker[Session]]:
-    from db.migrate import require_current
-    from db.session import make_session_factory
-    from worker.runtime import make_worker_engine
-
-    engine = make_worker_engine(url)
-    try:
-        require_current(engine)
-        yield make_session_factory(engine)
-    finally:
-        engine.dispose()
 
 
 def _date(text: str) -> dt.date:
@@ -51,24 +43,57 @@ def _date(text: str) -> dt.date:
 
 def _settings(args: argparse.Namespace) -> WorkerSettings:
     return apply_overrides(WorkerSettings.from_env(),
-                           model_dir=Path(args.model) if args.model else None,
                            **{"rescore.batch": args.batch_size,
                               "rescore.loader_workers": args.workers})
 
 
+def choose_send(sessions: sessionmaker[Session], worker: WorkerSettings, model_dir: Path,
+                explicit: str | None) -> tuple[SendMode, str | None]:
+    """``--send`` as given; by default ``changed`` for the live model and ``none`` for any
+    other (its results never reach the PACS unless asked for). Returns the mode and a note."""
+    from training.manifest import load_manifest
+    from worker.rescore.run import live_model_version
+
+    if explicit is not None:
+        return SendMode(explicit), None
+    version = load_manifest(model_dir, verify_hashes=False).model_version
+    live = live_model_version(sessions, worker)
+    if version == live:
+        return SendMode.CHANGED, None
+    return SendMode.NONE, (f"model {version} is not the live model ({live or 'none'}): "
+                           "its results are recorded but no SR is sent (--send none); pass "
+                           "--send changed or --send all to send them")
+
+
+def _request(args: argparse.Namespace, sessions: sessionmaker[Session],
+             worker: WorkerSettings) -> RescoreRequest:
+    from db.runs import Selection
+    from worker.models.store import live_model_dir, resolve_model
+    from worker.rescore.run import RescoreRequest
+
+    if args.model:
+        model_dir = resolve_model(sessions, args.model)
+    else:  # the live model
+        with sessions() as session:
+            live = live_model_dir(session)
+        model_dir = worker.model_dir if live is None else live[1]
+    send, note = choose_send(sessions, worker, model_dir, args.send)
+    if note:
+        print(f"rescore: {note}")
+    return RescoreRequest(
+        model_dir=model_dir,
+        selection=Selection(since=args.since, until=args.until, study_uids=tuple(args.study),
+                            only_unscored=args.only_unscored),
+        send=send, dry_run=args.dry_run, distributed=args.distributed,
+        retry_failed=args.retry_failed)
+
+
 def _rescore(args: argparse.Namespace) -> int:
     from common.queues import make_celery
-    from db.runs import Selection
-    from worker.rescore.run import RescoreRequest, run_rescore
+    from worker.rescore.run import run_rescore
     from worker.rescore.summary import print_summary
 
     worker = _settings(args)
-    request = RescoreRequest(
-        model_dir=worker.model_dir,
-        selection=Selection(since=args.since, until=args.until, study_uids=tuple(args.study),
-                            only_unscored=args.only_unscored),
-        send=SendMode(args.send), dry_run=args.dry_run, distributed=args.distributed,
-        retry_failed=args.retry_failed)
     brokers: list[Celery] = []
 
     def broker() -> Celery:
@@ -77,7 +102,8 @@ def _rescore(args: argparse.Namespace) -> int:
         return brokers[0]
 
     try:
-        with _sessions(worker.db.url) as sessions:
+        with current_sessions(worker.db.url) as sessions:
+            request = _request(args, sessions, worker)
             result = run_rescore(sessions, request, worker=worker, broker=broker)
     except TriageError as exc:
         print(f"cxr-triage rescore: error: {exc}", file=sys.stderr)
@@ -96,7 +122,7 @@ def _drift(args: argparse.Namespace) -> int:
         "rescore.drift_rate": args.rate_threshold})
     settings = worker.rescore
     limits = Thresholds(psi=settings.drift_psi, ks=settings.drift_ks, rate=settings.drift_rate)
-    with _sessions(worker.db.url) as sessions, sessions() as session:
+    with current_sessions(worker.db.url) as sessions, sessions() as session:
         runs = [run_stats(run) for run in finished_runs(session, args.runs)]
     if len(runs) < 2:
         print(f"drift: {len(runs)} finished rescore run(s); need 2 to compare")
@@ -128,12 +154,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rescore.add_argument("--until", type=_date, help="received on or before DATE (UTC)")
     rescore.add_argument("--study", action="append", default=[], metavar="UID",
                          help="only this Study Instance UID (repeatable)")
-    rescore.add_argument("--model", metavar="DIR", help="ensemble (default TRIAGE_MODEL_DIR)")
+    rescore.add_argument("--model", metavar="VERSION|DIR",
+                         help="a version in the model store or an ensemble folder (default: "
+                         "the live model, else TRIAGE_MODEL_DIR)")
     rescore.add_argument("--only-unscored", action="store_true",
                          help="only instances no other model version has scored")
     rescore.add_argument("--send", choices=[m.value for m in SendMode],
-                         default=SendMode.CHANGED.value,
-                         help="which studies get a new SR (default changed)")
+                         help="which studies get a new SR (default: changed with the live "
+                         "model, none with any other)")
     rescore.add_argument("--dry-run", action="store_true",
                          help="show what would be scored; change nothing")
     rescore.add_argument("--distributed", action="store_true",

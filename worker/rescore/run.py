@@ -41,9 +41,11 @@ from training.manifest import EnsembleManifest, load_manifest
 from worker import hooks
 from worker.deliver.delivery import scu_sender
 from worker.deliver.destinations import parse_destinations
+from worker.models.store import live_model_dir
 from worker.report.identity import model_identity
 from worker.rescore.compare import Comparison, compare
 from worker.rescore.distributed import score_distributed
+from worker.rescore.dryrun import dry_run_outcome
 from worker.rescore.loader import make_loader
 from worker.rescore.progress import Progress
 from worker.rescore.report import (
@@ -104,6 +106,8 @@ class RescoreResult:
     comparison: Comparison = field(default_factory=Comparison)
     study_uids: dict[int, str] = field(default_factory=dict)
     reports: ReportSummary = field(default_factory=ReportSummary)
+    would_report: tuple[int, ...] = ()  # dry run: the studies the real run would report
+    send: SendMode = SendMode.CHANGED
     message: str | None = None
 
     @property
@@ -118,8 +122,13 @@ def _manifest(model_dir: Path) -> EnsembleManifest:
         raise RescoreError(f"cannot use --model {model_dir}: {exc}") from exc
 
 
-def live_model_version(settings: WorkerSettings) -> str | None:
-    """The model version the live workers score with (TRIAGE_MODEL_DIR), if readable."""
+def live_model_version(sessions: sessionmaker[Session], settings: WorkerSettings) -> str | None:
+    """The model version the live workers score with: the promoted one, else the one in
+    TRIAGE_MODEL_DIR (if readable)."""
+    with sessions() as session:
+        live = live_model_dir(session)
+    if live is not None:
+        return live[0]
     try:
         return load_manifest(settings.model_dir, verify_hashes=False).model_version
     except TriageError:
@@ -286,12 +295,12 @@ def run_rescore(sessions: sessionmaker[Session], request: RescoreRequest, *,
     Errors propagate after the run is recorded ``failed`` (``interrupted`` on Ctrl-C).
     """
     manifest = _manifest(request.model_dir)
-    result = RescoreResult(manifest.model_version)
+    result = RescoreResult(manifest.model_version, send=request.send)
     if not request.dry_run:
         for run_id in mark_interrupted(sessions, socket.gethostname()):
             logger.info("run %d was interrupted; this run continues it", run_id)
     selection, rows, result.in_flight = plan(sessions, request, manifest.model_version,
-                                             live_model_version(worker))
+                                             live_model_version(sessions, worker))
     result.selected = len(rows)
     result.already_scored = sum(r.scored for r in rows)
     result.failed_before = sum(r.failed and not r.scored for r in rows)
@@ -299,8 +308,11 @@ def run_rescore(sessions: sessionmaker[Session], request: RescoreRequest, *,
             for r in rows if not r.scored and not r.failed]
     result.to_score = len(todo)
     if request.dry_run:
-        result.comparison, result.study_uids = compare_scope(
-            sessions, rows, manifest.model_version, worker.rescore.drift_samples)
+        model = load_model(request.model_dir, worker) if todo else None
+        result.comparison, result.study_uids, result.would_report = dry_run_outcome(
+            sessions, rows, todo, model, request.send, worker,
+            manifest.model_version)
+        result.scored_now = result.comparison.scored - result.already_scored
         result.status = RunStatus.SUCCEEDED
         return result
     result.run_id = new_run(sessions, request, manifest.model_version)

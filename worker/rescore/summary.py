@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from db.models import RescoreRun
 from worker.rescore.drift import RunStats
-from worker.rescore.run import RescoreResult
+
+if TYPE_CHECKING:  # the run module brings in the ensemble (torch): not for `drift`
+    from worker.rescore.run import RescoreResult
 
 
 def _num(value: float | None, spec: str) -> str:
@@ -33,6 +37,9 @@ def summary_lines(result: RescoreResult, *, dry_run: bool = False) -> list[str]:
         f"  studies changed          {len(c.changed)} "
         f"(new, no earlier result: {len(c.new_studies)})",
     ]
+    if dry_run:
+        lines.append(f"  reports a real run writes {len(result.would_report)} "
+                     f"(--send {result.send.value})")
     if not dry_run:
         states = ", ".join(f"{k} {v}" for k, v in sorted(r.deliveries.items())) or "none"
         lines += [

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.runs import record_failure
 from db.scores import NewScore, mark_failed, record_score
-from worker.score.decision import Decision, decide, fold_votes
+from worker.score.decision import NOT_ASSESSABLE_TEXT, Decision, decide, fold_votes
 from worker.score.ensemble import BatchPrediction
 
 logger = logging.getLogger(__name__)
@@ -192,8 +192,13 @@ def _new_score(model: BatchModel, predicted: Predicted, index: int,
     assert prediction is not None
     mean, std, folds = prediction.mean[index], prediction.std[index], prediction.folds[index]
     threshold = model.threshold
-    decision = decide(mean, std, threshold=threshold, indeterminate_std=context.indeterminate_std)
+    unlike = prediction.unlike_training_data(index)
+    decision = decide(mean, std, threshold=threshold, indeterminate_std=context.indeterminate_std,
+                      unlike_training_data=unlike)
     ref = batch.refs[index]
+    if unlike:  # the score row keeps the probabilities for audit; the decision makes no claim
+        logger.info("instance %d: %s (gate score %.3f)", ref.instance_id, NOT_ASSESSABLE_TEXT,
+                    prediction.gate_scores[index])
     return NewScore(
         instance_id=ref.instance_id, model_version=model.model_version,
         content_sha256=ref.content_sha256, probability_mean=mean, probability_std=std,

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.metrics import scores_total, scoring_seconds
 from db.models import InstanceStatus, utcnow
 from db.scores import (
     ClaimedImage,
@@ -103,6 +105,7 @@ def score_instances(sessions: sessionmaker[Session], lead_id: int, token: str,
     ids = [image.instance_id for image in images]
     logger.info("instance %d: claimed a batch of %d", lead_id, len(ids))
     hooks.after_claim(ids)
+    started = time.monotonic()
     try:
         model = predictor()
         refs = [ImageRef(i.instance_id, i.file_path, i.content_sha256) for i in images]
@@ -115,7 +118,10 @@ def score_instances(sessions: sessionmaker[Session], lead_id: int, token: str,
     context = ScoringContext(options.indeterminate_std, options.worker_host,
                              mark_instance_failed)
     outcome = record_batch(sessions, model, predicted, context)
+    scoring_seconds().observe(time.monotonic() - started)
     for score in outcome.scores:
+        if score.inserted:
+            scores_total().labels(score.decision.value).inc()
         logger.info("instance %d: p=%.4f sd=%.4f -> %s%s", score.instance_id, score.mean,
                     score.std, score.decision.value,
                     "" if score.inserted else " (score already recorded)")

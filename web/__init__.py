@@ -1,0 +1,1 @@
+"""The web worklist for radiologists and the operations console for PACS admins."""

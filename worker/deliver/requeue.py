@@ -1,0 +1,27 @@
+"""Redelivery: put deliveries back to ``pending`` and ring the bell on the deliver queue.
+
+Shared by ``cxr-triage redeliver`` and the web app's redeliver buttons.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.queues import QUEUE_DELIVER, TASK_DELIVER_REPORT, BrokerSettings, make_celery
+from db.reports import requeue_deliveries
+
+
+def redeliver(sessions: sessionmaker[Session], broker: BrokerSettings, *,
+              report_id: int | None = None, all_failed: bool = False) -> list[tuple[int, str]]:
+    """Requeue one report's unsent deliveries, or every failed one; publish each.
+
+    The database holds the work: if the publish is lost, the reconciler publishes the
+    ``pending`` deliveries again once due. Returns the (report id, destination) pairs.
+    """
+    with sessions.begin() as session:
+        pairs = requeue_deliveries(session, report_id=report_id, all_failed=all_failed)
+    if pairs:
+        app = make_celery(broker)
+        for report, destination in pairs:
+            app.send_task(TASK_DELIVER_REPORT, args=[report, destination], queue=QUEUE_DELIVER)
+    return pairs

@@ -1,0 +1,135 @@
+"""``cxr-triage model import|list|promote|rollback`` (docs/go-live.md)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.engine import current_sessions
+from worker.settings import WorkerSettings
+
+# Manifest keys whose name says they describe the safety gate (OOD statistics and the like);
+# shown by ``model list`` whatever their content.
+GATE_KEY_WORDS = ("gate", "ood", "safety")
+
+
+
+
+def gate_statistics(manifest: dict[str, Any]) -> str:
+    """The manifest's safety-gate entries, compactly (``-`` when there are none)."""
+    parts = []
+    for key, value in manifest.items():
+        if any(word in key.lower() for word in GATE_KEY_WORDS):
+            if isinstance(value, dict):
+                inner = ", ".join(f"{k}={_short(v)}" for k, v in value.items()
+                                  if not isinstance(v, (dict, list)))
+                parts.append(f"{key}({inner})")
+            else:
+                parts.append(f"{key}={_short(value)}")
+    return "; ".join(parts) or "-"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _import(args: argparse.Namespace) -> int:
+    from worker.models.store import current_user, import_model
+
+    settings = WorkerSettings.from_env()
+    with current_sessions(settings.db.url) as sessions:
+        done = import_model(sessions, Path(args.source), settings.model_store,
+                            current_user(args.by))
+    state = "already in the store" if done.already else "imported"
+    print(f"model {done.version}: {state} ({done.directory}); make it live with "
+          f"`cxr-triage model promote {done.version}` after `cxr-triage validate`")
+    return 0
+
+
+def list_lines(sessions: sessionmaker[Session]) -> list[str]:
+    """One block per imported version, the live one marked."""
+    from db.registry import latest_validation, live_model, model_versions
+
+    lines = []
+    with sessions() as session:
+        live = live_model(session)
+        for row in model_versions(session):
+            validation = latest_validation(session, row.version)
+            status = ("not validated" if validation is None else
+                      f"{'PASSED' if validation.passed else 'FAILED'} "
+                      f"(validation {validation.id}, {validation.created_at:%Y-%m-%d})")
+            mark = "LIVE" if live is not None and live.version == row.version else "-"
+            lines += [
+                f"{row.version}  {mark}  {row.label or '(no label)'}",
+                f"    threshold {row.threshold:.4f}  training data "
+                f"{row.dataset_fingerprint[:16]}  imported {row.imported_at:%Y-%m-%d %H:%M} "
+                f"by {row.imported_by}"
+                + (f"  recalibrated from {row.derived_from}" if row.derived_from else ""),
+                f"    safety gate: {gate_statistics(row.manifest)}",
+                f"    local validation: {status}",
+            ]
+    return lines
+
+
+def _list(args: argparse.Namespace) -> int:
+    settings = WorkerSettings.from_env()
+    with current_sessions(settings.db.url) as sessions:
+        lines = list_lines(sessions)
+    if not lines:
+        print(f"no model in the store; workers use TRIAGE_MODEL_DIR ({settings.model_dir}). "
+              "Add one with `cxr-triage model import DIR|TARBALL`")
+        return 0
+    print("\n".join(lines))
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from worker.models.promote import promote
+    from worker.models.store import current_user
+
+    settings = WorkerSettings.from_env()
+    with current_sessions(settings.db.url) as sessions:
+        done = promote(sessions, args.version, by=current_user(args.by), reason=args.reason,
+                       force=args.force)
+    print(f"model {done.version} is live (was {done.previous or 'TRIAGE_MODEL_DIR'}; "
+          f"{done.note}); workers switch within TRIAGE_MODEL_CHECK_S seconds")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from worker.models.promote import rollback
+    from worker.models.store import current_user
+
+    settings = WorkerSettings.from_env()
+    with current_sessions(settings.db.url) as sessions:
+        done = rollback(sessions, by=current_user(args.by), reason=args.reason)
+    print(f"model {done.version} is live again (rolled back from {done.previous})")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``model`` and its subcommands."""
+    model = subparsers.add_parser("model", help="the model store: import, list, promote, "
+                                  "roll back the live model")
+    sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    imp = sub.add_parser("import", help="check an ensemble's hashes and copy it into the "
+                         "store (TRIAGE_MODEL_STORE)")
+    imp.add_argument("source", metavar="DIR|TARBALL")
+    imp.add_argument("--by", help="who imports (default: the OS user)")
+    imp.set_defaults(func=_import)
+    sub.add_parser("list", help="imported versions, the live one, their validation"
+                   ).set_defaults(func=_list)
+    pro = sub.add_parser("promote", help="make a validated version live")
+    pro.add_argument("version", metavar="VERSION")
+    pro.add_argument("--force", action="store_true",
+                     help="promote without a passing local validation (needs --reason)")
+    pro.add_argument("--reason", help="why (recorded in the audit trail)")
+    pro.add_argument("--by", help="who promotes (default: the OS user)")
+    pro.set_defaults(func=_promote)
+    back = sub.add_parser("rollback", help="go back to the model live before the last promotion")
+    back.add_argument("--reason", help="why (recorded in the audit trail)")
+    back.add_argument("--by", help="who rolls back (default: the OS user)")
+    back.set_defaults(func=_rollback)

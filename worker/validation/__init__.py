@@ -1,0 +1,1 @@
+"""Local validation before go-live: labels, figures with intervals, the verdict, recalibration."""
