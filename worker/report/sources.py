@@ -14,16 +14,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pydicom import config, dcmread
+from pydicom import dcmread
 from pydicom.charset import python_encoding
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.valuerep import validate_value
 
 from db.models import Instance, Study
 from worker.report.content import SRError
+from worker.report.sr import TEXT_VRS, value_fits_vr
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +31,6 @@ _PIXEL_GROUPS = 0x7FE0
 _UTF8 = "ISO_IR 192"
 # Image attributes the SR's image library needs (PS3.16 TID 1601-1603); the minimal source.
 _IMAGE_SIZE = ("Rows", "Columns", "PatientOrientation", "ImagerPixelSpacing")
-_TEXT_VRS = frozenset(
-    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UT"}
-)
 
 
 class SourceUnavailableError(SRError):
@@ -68,15 +65,7 @@ def _decoded(element: DataElement) -> DataElement:
 
 def _valid(element: DataElement) -> bool:
     """Whether a text value satisfies its VR (PS3.5 6.2); other VRs are kept as they are."""
-    if element.VR not in _TEXT_VRS:
-        return True
-    values = element.value if isinstance(element.value, MultiValue) else [element.value]
-    try:
-        for value in values:
-            validate_value(element.VR, None if value is None else str(value), config.RAISE)
-    except ValueError:
-        return False
-    return True
+    return element.VR not in TEXT_VRS or value_fits_vr(element)
 
 
 def _known_charset(value: object) -> bool:

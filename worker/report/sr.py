@@ -79,13 +79,13 @@ _TYPE2_PATIENT_STUDY = (
     "ReferringPhysicianName",
 )
 # VRs whose values are checked; UIDs and binary values are kept as they are.
-_TEXT_VRS = frozenset(
+TEXT_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UT"}
 )
 
 
 
-def _is_valid(element: DataElement) -> bool:
+def value_fits_vr(element: DataElement) -> bool:
     """Whether a value satisfies its VR (PS3.5 6.2)."""
     values = element.value if isinstance(element.value, MultiValue) else [element.value]
     try:
@@ -109,7 +109,7 @@ def _evidence_header(source: Dataset) -> Dataset:
     for element in source:
         if element.tag.group >= 0x7FE0:
             continue
-        if element.VR not in _TEXT_VRS or element.keyword == "PatientID" or _is_valid(element):
+        if element.VR not in TEXT_VRS or element.keyword == "PatientID" or value_fits_vr(element):
             header.add(element)
         else:
             blanked.append(element.keyword or str(element.tag))
