@@ -9,10 +9,11 @@ prometheus-client is first imported, so the metrics are created lazily, on first
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from functools import cache
+import threading
+from collections.abc import Callable, Mapping
+from functools import cache, wraps
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from common.config import env_opt_path
 
@@ -21,6 +22,21 @@ if TYPE_CHECKING:
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_T = TypeVar("_T")
+_CREATING = threading.Lock()
+
+
+def _once(build: Callable[[], _T]) -> Callable[[], _T]:
+    """Create a metric on first use, once per process even when association threads race
+    (a second registration of the same name is an error in prometheus-client)."""
+    cached = cache(build)
+
+    @wraps(build)
+    def get() -> _T:
+        with _CREATING:
+            return cached()
+
+    return get
 
 
 def metrics_dir(env: Mapping[str, str] | None = None) -> Path | None:
@@ -37,7 +53,7 @@ def enable_multiprocess(env: Mapping[str, str] | None = None) -> Path | None:
     return folder
 
 
-@cache
+@_once
 def instances_total() -> Counter:
     """C-STORE outcomes at the node: ``outcome`` received/refused/failed, ``reason``."""
     from prometheus_client import Counter
@@ -46,7 +62,7 @@ def instances_total() -> Counter:
                    ["outcome", "reason"])
 
 
-@cache
+@_once
 def scores_total() -> Counter:
     """Images scored by the workers, by decision."""
     from prometheus_client import Counter
@@ -54,7 +70,7 @@ def scores_total() -> Counter:
     return Counter("triage_scores", "Images scored, by decision", ["decision"])
 
 
-@cache
+@_once
 def scoring_seconds() -> Histogram:
     """Wall time of one scoring batch (claim to recorded scores)."""
     from prometheus_client import Histogram
@@ -63,7 +79,7 @@ def scoring_seconds() -> Histogram:
                      buckets=LATENCY_BUCKETS_S)
 
 
-@cache
+@_once
 def reports_total() -> Counter:
     """Report steps, by action (written, wait, retry, failed, ...)."""
     from prometheus_client import Counter
@@ -71,7 +87,7 @@ def reports_total() -> Counter:
     return Counter("triage_reports", "Report steps, by outcome", ["outcome"])
 
 
-@cache
+@_once
 def deliveries_total() -> Counter:
     """Delivery attempts, by resulting state (sent, retrying, failed, ...)."""
     from prometheus_client import Counter
