@@ -102,11 +102,9 @@ def test_unlisted_calling_ae_is_retry(orthanc: OrthancServer, sr_file: Path) -> 
 
 def test_nothing_listening_is_retry(sr_file: Path) -> None:
     destination = Destination("PACS", "127.0.0.1", free_port())
-    started = time.monotonic()
     outcome = send_file(sr_file, destination, calling_ae=CALLING_AE, timeouts=FAST)
     assert outcome.kind is OutcomeKind.RETRY
     assert "no association" in outcome.reason
-    assert time.monotonic() - started < 30
 
 
 def test_shadow_destination_is_not_contacted(orthanc: OrthancServer, sr_file: Path) -> None:
