@@ -22,7 +22,7 @@ QUEUE_DELIVER = "deliver"
 
 TASK_SCORE_INSTANCE = "cxr_triage.score_instance"  # args [instance_id], queue score
 TASK_REPORT_STUDY = "cxr_triage.report_study"  # args [study_id], queue deliver
-TASK_DELIVER_REPORT = "cxr_triage.deliver_report"  # args [report_id, destination], queue deliver
+TASK_DELIVER_REPORT = "cxr_triage.deliver_report"  # args [report_id, destination, item]
 # A claimed, queued or in-progress step older than this is published again and may be taken
 # over (TRIAGE_SCORE_LEASE_S; the node's reconciler and the workers read the same value).
 DEFAULT_SCORE_LEASE_S = 600.0

@@ -174,6 +174,23 @@ class DeliveryState(enum.StrEnum):
     WITHHELD = "withheld"  # would lower a HIGH priority already sent there (docs/worker.md)
 
 
+class DeliveryItem(enum.StrEnum):
+    """What one delivery row carries to its destination (migration 0008)."""
+
+    SR = "sr"  # the triage Structured Report
+    IMAGE = "image"  # the result image (Secondary Capture with the heatmap)
+    HL7 = "hl7"  # the HL7 v2 ORU^R01 result message to a RIS
+
+
+class CommitmentState(enum.StrEnum):
+    """Storage Commitment of a sent DICOM object at its destination (migration 0008)."""
+
+    REQUESTED = "requested"  # N-ACTION accepted; the N-EVENT-REPORT has not come yet
+    COMMITTED = "committed"  # the destination confirmed it keeps the object
+    FAILED = "failed"  # the destination reported a failure, or refused the request
+    TIMED_OUT = "timed_out"  # no N-EVENT-REPORT within the commitment timeout
+
+
 class ScoreClaim(Base):
     """Which score task (Celery task id) claimed an instance, and when (for take-over)."""
 
@@ -236,14 +253,23 @@ class Report(Base):
     predecessor_id: Mapped[int | None] = mapped_column(ForeignKey("report.id"))
     worker_host: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Migration 0008: the SR's own series number (one per revision), and the result image
+    # (Secondary Capture) written with it, when ``TRIAGE_RESULT_IMAGE`` asked for one.
+    sr_series_number: Mapped[int | None] = mapped_column(Integer)
+    image_series_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    image_sop_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    image_series_number: Mapped[int | None] = mapped_column(Integer)
+    image_file_path: Mapped[str | None] = mapped_column(String(1024))
 
 
 class Delivery(Base):
-    """The delivery of one report to one destination (``AE@host:port``)."""
+    """The delivery of one item of a report (SR, result image, HL7 message) to one
+    destination (``AE@host:port``, a STOW-RS URL or an HL7 peer)."""
 
     __tablename__ = "delivery"
     __table_args__ = (
-        UniqueConstraint("report_id", "destination", name="uq_delivery_report_destination"),
+        UniqueConstraint("report_id", "destination", "item",
+                         name="uq_delivery_report_destination_item"),
         Index("ix_delivery_state_updated_at", "state", "updated_at"),
         Index("ix_delivery_state_next_attempt_at", "state", "next_attempt_at"),
     )
@@ -251,6 +277,9 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     report_id: Mapped[int] = mapped_column(ForeignKey("report.id"), index=True)
     destination: Mapped[str] = mapped_column(String(160))
+    item: Mapped[DeliveryItem] = mapped_column(status_type(DeliveryItem),
+                                               default=DeliveryItem.SR,
+                                               server_default=DeliveryItem.SR.value)
     shadow: Mapped[bool] = mapped_column(Boolean, default=False)
     state: Mapped[DeliveryState] = mapped_column(status_type(DeliveryState),
                                                  default=DeliveryState.PENDING)
@@ -262,6 +291,14 @@ class Delivery(Base):
     # Not to be tried before this (migration 0004): the backoff of ``retrying``, or the lease
     # of an attempt in progress; the reconciler re-publishes ``pending``/``retrying`` past it.
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Migration 0008: since when the attempts have been failing (cleared once sent), so a
+    # destination down for long is reported; and its Storage Commitment, when asked for.
+    failing_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    commitment: Mapped[CommitmentState | None] = mapped_column(status_type(CommitmentState))
+    commitment_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    commitment_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    commitment_updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    commitment_error: Mapped[str | None] = mapped_column(String(ERROR_LENGTH))
 
 
 # --- Re-scoring runs (migration 0003) -----------------------------------------------------------

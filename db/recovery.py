@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from db.models import (
     ERROR_LENGTH,
     Delivery,
+    DeliveryItem,
     DeliveryState,
     Instance,
     InstanceStatus,
@@ -188,6 +189,7 @@ class DueDelivery:
     report_id: int
     destination: str
     version: tuple[int, dt.datetime | None]
+    item: DeliveryItem = DeliveryItem.SR
 
 
 def due_deliveries(session: Session, due_before: dt.datetime,
@@ -195,10 +197,10 @@ def due_deliveries(session: Session, due_before: dt.datetime,
     """``pending`` and ``retrying`` deliveries whose next attempt was due before ``due_before``."""
     rows = session.execute(
         select(Delivery.report_id, Delivery.destination, Delivery.attempts,
-               Delivery.next_attempt_at)
+               Delivery.next_attempt_at, Delivery.item)
         .where(Delivery.state.in_([DeliveryState.PENDING, DeliveryState.RETRYING]),
                or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= due_before))
         .order_by(Delivery.next_attempt_at, Delivery.id)
         .limit(limit)
     ).all()
-    return [DueDelivery(int(r), str(d), (int(a), n)) for r, d, a, n in rows]
+    return [DueDelivery(int(r), str(d), (int(a), n), DeliveryItem(i)) for r, d, a, n, i in rows]

@@ -15,6 +15,7 @@ from db.models import (
     ERROR_LENGTH,
     Decision,
     Delivery,
+    DeliveryItem,
     DeliveryState,
     Instance,
     InstanceStatus,
@@ -122,24 +123,44 @@ def insert_report(session: Session, report: NewReport) -> int | None:
     return None if inserted is None else int(inserted)
 
 
-def add_deliveries(session: Session, report_id: int, targets: Sequence[tuple[str, bool]]) -> None:
-    """One ``pending`` delivery per (destination label, shadow flag), once."""
+@dataclass(frozen=True)
+class DeliveryTargetRow:
+    """One delivery to record: a destination label, whether it is shadow only, and the item."""
+
+    destination: str
+    shadow: bool
+    item: DeliveryItem = DeliveryItem.SR
+
+
+def add_deliveries(session: Session, report_id: int, targets: Sequence[DeliveryTargetRow]) -> None:
+    """One ``pending`` delivery per (destination, item), once."""
     now = utcnow()
-    for label, shadow in targets:
+    for target in targets:
         session.execute(
             dialect_insert(session, Delivery).values(
-                report_id=report_id, destination=label, shadow=shadow,
-                state=DeliveryState.PENDING, attempts=0, created_at=now, updated_at=now,
-                next_attempt_at=now)
-            .on_conflict_do_nothing(index_elements=["report_id", "destination"])
+                report_id=report_id, destination=target.destination, item=target.item,
+                shadow=target.shadow, state=DeliveryState.PENDING, attempts=0, created_at=now,
+                updated_at=now, next_attempt_at=now)
+            .on_conflict_do_nothing(index_elements=["report_id", "destination", "item"])
         )
 
 
-def get_delivery(session: Session, report_id: int, destination: str) -> Delivery | None:
+def report_deliveries(session: Session, report_id: int) -> list[tuple[str, DeliveryItem]]:
+    """The (destination, item) pairs recorded for a report, in the order they were added."""
+    rows = session.execute(
+        select(Delivery.destination, Delivery.item)
+        .where(Delivery.report_id == report_id).order_by(Delivery.id)
+    ).all()
+    return [(str(destination), DeliveryItem(item)) for destination, item in rows]
+
+
+def get_delivery(session: Session, report_id: int, destination: str,
+                 item: DeliveryItem = DeliveryItem.SR) -> Delivery | None:
     """The delivery row, locked for update where the database supports it."""
     return session.scalars(
         select(Delivery)
-        .where(Delivery.report_id == report_id, Delivery.destination == destination)
+        .where(Delivery.report_id == report_id, Delivery.destination == destination,
+               Delivery.item == item)
         .with_for_update()
     ).one_or_none()
 
@@ -150,6 +171,7 @@ def set_delivery_state(session: Session, delivery: Delivery, state: DeliveryStat
     """Record the state (and error) of a delivery; ``sent_at`` when it was sent.
 
     ``next_attempt_at``: when a ``retrying`` delivery is due again (``None`` when final).
+    ``failing_since`` is set by the first failed attempt and cleared once it is sent.
     """
     delivery.state = state
     delivery.last_error = None if error is None else error[:ERROR_LENGTH]
@@ -157,6 +179,10 @@ def set_delivery_state(session: Session, delivery: Delivery, state: DeliveryStat
     delivery.next_attempt_at = next_attempt_at
     if state is DeliveryState.SENT:
         delivery.sent_at = delivery.updated_at
+    if state in (DeliveryState.SENT, DeliveryState.SHADOW, DeliveryState.WITHHELD):
+        delivery.failing_since = None
+    elif state in (DeliveryState.RETRYING, DeliveryState.FAILED) and delivery.failing_since is None:
+        delivery.failing_since = delivery.updated_at
 
 
 def high_priority_on_its_way(session: Session, report: Report, destination: str) -> int | None:
@@ -191,6 +217,7 @@ class DeliveryRow:
     last_error: str | None
     updated_at: dt.datetime
     next_attempt_at: dt.datetime | None = None  # pending/retrying: when it is due
+    item: DeliveryItem = DeliveryItem.SR
 
 
 def list_deliveries(session: Session, *, failed_only: bool = False,
@@ -208,18 +235,18 @@ def list_deliveries(session: Session, *, failed_only: bool = False,
     return [
         DeliveryRow(r.id, str(uid), r.revision, r.decision, r.priority, d.destination, d.state,
                     d.attempts, d.last_error, d.updated_at,
-                    d.next_attempt_at if d.state in _DUE_STATES else None)
+                    d.next_attempt_at if d.state in _DUE_STATES else None, DeliveryItem(d.item))
         for d, r, uid in session.execute(query).all()
     ]
 
 
 def requeue_deliveries(session: Session, *, report_id: int | None = None,
-                       all_failed: bool = False) -> list[tuple[int, str]]:
+                       all_failed: bool = False) -> list[tuple[int, str, DeliveryItem]]:
     """Put deliveries back to ``pending``, due now, with a fresh attempt count.
 
     ``report_id``: every delivery of that report not already sent (or shadow);
     ``all_failed``: every ``failed`` delivery, and every ``retrying`` one past its due time.
-    Returns (report id, destination) pairs.
+    Returns (report id, destination, item) triples.
     """
     now = utcnow()
     query = select(Delivery)
@@ -239,4 +266,4 @@ def requeue_deliveries(session: Session, *, report_id: int | None = None,
             .values(state=DeliveryState.PENDING.value, attempts=0, updated_at=now,
                     next_attempt_at=now)
         )
-    return [(d.report_id, d.destination) for d in rows]
+    return [(d.report_id, d.destination, DeliveryItem(d.item)) for d in rows]

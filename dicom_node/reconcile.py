@@ -60,7 +60,7 @@ class Doorbell(Protocol):
 
     def report(self, study_id: int) -> None: ...
 
-    def deliver(self, report_id: int, destination: str) -> None: ...
+    def deliver(self, report_id: int, destination: str, item: str = "sr") -> None: ...
 
 
 class CeleryDoorbell:
@@ -77,8 +77,8 @@ class CeleryDoorbell:
         self._app.send_task(TASK_REPORT_STUDY, args=[study_id], queue=QUEUE_DELIVER,
                             retry=False)
 
-    def deliver(self, report_id: int, destination: str) -> None:
-        self._app.send_task(TASK_DELIVER_REPORT, args=[report_id, destination],
+    def deliver(self, report_id: int, destination: str, item: str = "sr") -> None:
+        self._app.send_task(TASK_DELIVER_REPORT, args=[report_id, destination, item],
                             queue=QUEUE_DELIVER, retry=False)
 
 
@@ -245,13 +245,14 @@ class Reconciler:
 
     def _publish_deliveries(self, deliveries: list[DueDelivery]) -> int:
         clock = time.monotonic()
-        self._deliveries.keep_only({(d.report_id, d.destination) for d in deliveries})
+        self._deliveries.keep_only({(d.report_id, d.destination, d.item) for d in deliveries})
         count = 0
-        for item in deliveries:
-            key = (item.report_id, item.destination)
-            if self._deliveries.due(key, item.version, clock):
-                self._ring(self._doorbell.deliver, item.report_id, item.destination)
-                self._deliveries.sent(key, item.version, clock)
+        for due in deliveries:
+            key = (due.report_id, due.destination, due.item)
+            if self._deliveries.due(key, due.version, clock):
+                self._ring(self._doorbell.deliver, due.report_id, due.destination,
+                           due.item.value)
+                self._deliveries.sent(key, due.version, clock)
                 count += 1
         return count
 

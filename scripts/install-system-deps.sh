@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Debian packages the tests and the demo use: dcmtk (storescu, echoscu, storescp, dsrdump),
-# orthanc (the PACS the tests start), dicom3tools (dciodvfy), redis-server and openssl;
+# orthanc (the PACS the tests start) with orthanc-dicomweb, dicom3tools (dciodvfy), redis-server and openssl;
 # chromium and chromium-driver for the web app's browser tests (Selenium).
 # Installs only what is missing; needs root (or sudo) the first time.
 set -euo pipefail
 need=()
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
+# The DICOMweb plugin: the STOW-RS destination tests (issue 14) use Orthanc as the origin server.
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)

@@ -64,7 +64,7 @@ def _deliveries(args: argparse.Namespace) -> int:
             rows = list_deliveries(session, failed_only=args.failed, limit=args.limit)
     finally:
         engine.dispose()
-    header = ("REPORT", "REV", "DECISION", "PRIORITY", "DESTINATION", "STATE", "TRIES",
+    header = ("REPORT", "REV", "DECISION", "PRIORITY", "DESTINATION", "ITEM", "STATE", "TRIES",
               "UPDATED (UTC)", "NEXT ATTEMPT (UTC)", "STUDY / LAST ERROR")
     print("\t".join(header))
     stamp = "%Y-%m-%d %H:%M:%S"
@@ -72,7 +72,8 @@ def _deliveries(args: argparse.Namespace) -> int:
         # pending/retrying: when it is due (the node's reconciler publishes it then); else -
         due = r.next_attempt_at.strftime(stamp) if r.next_attempt_at else "-"
         print("\t".join([str(r.report_id), str(r.revision), r.decision, r.priority,
-                         r.destination, r.state, str(r.attempts), r.updated_at.strftime(stamp),
+                         r.destination, r.item, r.state, str(r.attempts),
+                         r.updated_at.strftime(stamp),
                          due, r.study_instance_uid + (f" / {r.last_error}" if r.last_error
                                                       else "")]))
     return 0
@@ -101,8 +102,8 @@ def _redeliver(args: argparse.Namespace) -> int:
                           report_id=args.report, all_failed=args.all_failed)
     finally:
         engine.dispose()
-    for report_id, destination in pairs:
-        print(f"report {report_id} -> {destination}: queued again")
+    for report_id, destination, item in pairs:
+        print(f"report {report_id} -> {destination} ({item}): queued again")
     if not pairs:
         print("nothing to redeliver")
     return 0

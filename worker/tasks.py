@@ -23,7 +23,7 @@ from common.queues import (
     TASK_REPORT_STUDY,
     TASK_SCORE_INSTANCE,
 )
-from db.models import utcnow
+from db.models import DeliveryItem, utcnow
 from db.recovery import schedule_reports
 from worker.deliver.delivery import deliver_report, scu_sender
 from worker.report.study import report_failed, report_step
@@ -84,17 +84,19 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
         if outcome.retry_in_s is not None:  # WAIT or RETRY; the study records when, too
             app.send_task(TASK_REPORT_STUDY, args=[study_id], queue=QUEUE_DELIVER,
                           countdown=outcome.retry_in_s)
-        for label in outcome.deliveries:
-            app.send_task(TASK_DELIVER_REPORT, args=[outcome.report_id, label],
+        for label, item in outcome.deliveries:
+            app.send_task(TASK_DELIVER_REPORT, args=[outcome.report_id, label, item.value],
                           queue=QUEUE_DELIVER)
 
     @app.task(name=TASK_DELIVER_REPORT, bind=True, base=TriageTask, context=context,
               **DB_RETRY)
-    def deliver_report_task(self: TriageTask, report_id: int, destination: str) -> None:
+    def deliver_report_task(self: TriageTask, report_id: int, destination: str,
+                            item: str = DeliveryItem.SR.value) -> None:
         result = deliver_report(context.sessions, int(report_id), destination,
                                 destinations=context.destinations,
                                 send=scu_sender(context.settings.calling_ae),
-                                options=context.delivery_options(), only_when_due=True)
+                                options=context.delivery_options(), only_when_due=True,
+                                item=DeliveryItem(item))
         deliveries_total().labels(result.state.value if result.state else "unknown").inc()
         if result.retry_in_s is not None:
             # A new message with a countdown; this one is acknowledged. Attempts are counted

@@ -162,7 +162,7 @@ def test_overdue_work_is_published_again_once(
         ("cxr_triage.score_instance", [queued_long]),
         ("cxr_triage.score_instance", [dead_claim]),
         ("cxr_triage.report_study", [overdue_id]),
-        ("cxr_triage.deliver_report", [report, "PACS@h:1"]),
+        ("cxr_triage.deliver_report", [report, "PACS@h:1", "sr"]),
     ], key=repr)
     with sessions() as session:
         statuses = dict(session.execute(select(Instance.id, Instance.status)).all())

@@ -45,7 +45,7 @@ def test_deliveries_and_redeliver(
 
     assert main(["deliveries", "--failed"]) == 0
     listed = capsys.readouterr().out
-    assert "PACS@127.0.0.1:4242\tfailed\t" in listed and "refused" in listed
+    assert "PACS@127.0.0.1:4242\tsr\tfailed\t" in listed and "refused" in listed
     assert main(["redeliver", "--all-failed"]) == 0
     assert "queued again" in capsys.readouterr().out
     assert len(list((tmp_path / "broker" / "queue").iterdir())) == 1  # the deliver task

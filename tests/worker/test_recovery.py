@@ -28,7 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cxr_triage.cli import main
-from db.models import Delivery, DeliveryState, Instance, Report, Study, utcnow
+from db.models import Delivery, DeliveryItem, DeliveryState, Instance, Report, Study, utcnow
 from db.reports import requeue_deliveries
 from tests.support import dicomgen
 from tests.support.dcmtk import storescu
@@ -340,7 +340,8 @@ def test_whatever_a_delivery_raises_is_recorded(
     assert attempt().reason == "not due yet" and sender.calls == 1  # a duplicate message
     with sessions.begin() as session:  # `redeliver --all-failed` takes overdue retries too
         session.scalars(select(Delivery)).one().next_attempt_at = utcnow()
-        assert requeue_deliveries(session, all_failed=True) == [(report_id, retrying.destination)]
+        assert requeue_deliveries(session, all_failed=True) == [
+            (report_id, retrying.destination, DeliveryItem.SR)]
     second = attempt()
     assert second.state is DeliveryState.FAILED and sender.calls == 2
     assert row().last_error == "ValueError (unexpected; the worker log says where)"

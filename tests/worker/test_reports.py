@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.instances import mark_enqueued
-from db.models import Delivery, Instance, Report, utcnow
+from db.models import Delivery, DeliveryItem, Instance, Report, utcnow
 from db.reports import requeue_deliveries
 from tests.delivery.conftest import require_tool
 from tests.support import dicomgen
@@ -184,7 +184,7 @@ def test_retries_then_failed_then_redelivered(
     assert len(sender.calls) == 3
     # ... until `cxr-triage redeliver` puts it back.
     with sessions.begin() as session:
-        assert requeue_deliveries(session, all_failed=True) == [(report.id, PACS)]
+        assert requeue_deliveries(session, all_failed=True) == [(report.id, PACS, DeliveryItem.SR)]
     result = deliver_report(sessions, report.id, PACS, destinations=destinations, send=sender,
                             options=delivery)
     assert result.state is not None and result.state.value == "sent"

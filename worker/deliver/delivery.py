@@ -26,7 +26,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import DeliveryState, Report, utcnow
+from db.models import DeliveryItem, DeliveryState, Report, utcnow
 from db.reports import get_delivery, high_priority_on_its_way, set_delivery_state
 from worker.deliver.cstore import DeliveryError, DeliveryOutcome, OutcomeKind, send_file
 from worker.deliver.destinations import Destination
@@ -41,7 +41,7 @@ _FINAL = frozenset({DeliveryState.SENT, DeliveryState.SHADOW, DeliveryState.WITH
 _EARLY_S = 1.0  # a task this much before its time still runs (timers fire a little early)
 
 __all__ = ["DeliveryOptions", "DeliveryResult", "Sender", "backoff_s", "deliver_report",
-           "scu_sender"]
+           "item_path", "scu_sender"]
 
 
 @dataclass(frozen=True)
@@ -72,13 +72,13 @@ def scu_sender(calling_ae: str) -> Sender:
     return send
 
 
-def _start(sessions: sessionmaker[Session], report_id: int, label: str,
+def _start(sessions: sessionmaker[Session], report_id: int, label: str, item: DeliveryItem,
            destinations: Mapping[str, Destination], options: DeliveryOptions,
            only_when_due: bool) -> tuple[DeliveryResult | None, Report | None, int]:
     """Check the row and the rules; count the attempt. A result means: nothing to send."""
     now = utcnow()
     with sessions.begin() as session:
-        delivery = get_delivery(session, report_id, label)
+        delivery = get_delivery(session, report_id, label, item)
         report = session.get(Report, report_id)
         if delivery is None or report is None:
             logger.warning("report %d: no delivery to %s recorded; nothing to do", report_id, label)
@@ -106,8 +106,8 @@ def _start(sessions: sessionmaker[Session], report_id: int, label: str,
         return None, report, delivery.attempts
 
 
-def _finish(sessions: sessionmaker[Session], report_id: int, label: str, attempts: int,
-            outcome: DeliveryOutcome, options: DeliveryOptions) -> DeliveryResult:
+def _finish(sessions: sessionmaker[Session], report_id: int, label: str, item: DeliveryItem,
+            attempts: int, outcome: DeliveryOutcome, options: DeliveryOptions) -> DeliveryResult:
     kind = outcome.kind
     reason = outcome.reason
     retry_in: float | None = None
@@ -123,7 +123,7 @@ def _finish(sessions: sessionmaker[Session], report_id: int, label: str, attempt
         if kind is OutcomeKind.RETRY:
             reason = f"gave up after {attempts} attempts: {reason}"
     with sessions.begin() as session:
-        delivery = get_delivery(session, report_id, label)
+        delivery = get_delivery(session, report_id, label, item)
         if delivery is not None:
             error = None if state in (DeliveryState.SENT, DeliveryState.SHADOW) else reason
             due = None if retry_in is None else utcnow() + dt.timedelta(seconds=retry_in)
@@ -131,11 +131,22 @@ def _finish(sessions: sessionmaker[Session], report_id: int, label: str, attempt
     return DeliveryResult(state, reason, attempts, retry_in)
 
 
-def _send(send: Sender, report: Report, destination: Destination, label: str,
-          attempt: int) -> DeliveryOutcome:
+def item_path(report: Report, item: DeliveryItem) -> Path:
+    """The file a delivery item sends: the SR, or the result image."""
+    if item is DeliveryItem.IMAGE:
+        if not report.image_file_path:
+            raise DeliveryError(f"report {report.id} has no result image")
+        return Path(report.image_file_path)
+    if item is DeliveryItem.SR:
+        return Path(report.file_path)
+    raise DeliveryError(f"report {report.id}: {item.value} is not sent as a DICOM file")
+
+
+def _send(send: Sender, report: Report, item: DeliveryItem, destination: Destination,
+          label: str, attempt: int) -> DeliveryOutcome:
     """One try of the sender; whatever it raises becomes an outcome with the reason."""
     try:
-        return send(Path(report.file_path), destination)
+        return send(item_path(report, item), destination)
     except DeliveryError as exc:  # the SR file or the TLS material is unusable
         return DeliveryOutcome(OutcomeKind.FAILED, str(exc), destination=label)
     except Exception as exc:  # recorded, never lost: retried when it may pass
@@ -147,22 +158,23 @@ def _send(send: Sender, report: Report, destination: Destination, label: str,
 
 def deliver_report(sessions: sessionmaker[Session], report_id: int, label: str, *,
                    destinations: Mapping[str, Destination], send: Sender,
-                   options: DeliveryOptions, only_when_due: bool = False) -> DeliveryResult:
-    """Try one delivery of report ``report_id`` to destination ``label`` and record it.
+                   options: DeliveryOptions, only_when_due: bool = False,
+                   item: DeliveryItem = DeliveryItem.SR) -> DeliveryResult:
+    """Try one delivery of ``item`` of report ``report_id`` to ``label`` and record it.
 
     ``only_when_due`` (the task): do nothing while the delivery's ``next_attempt_at`` is in the
     future, that is during a retry's backoff or while another attempt holds it.
     """
-    done, report, attempts = _start(sessions, report_id, label, destinations, options,
+    done, report, attempts = _start(sessions, report_id, label, item, destinations, options,
                                     only_when_due)
     if done is not None:
         return done
     assert report is not None
-    outcome = _send(send, report, destinations[label], label, attempts)
-    result = _finish(sessions, report_id, label, attempts, outcome, options)
+    outcome = _send(send, report, item, destinations[label], label, attempts)
+    result = _finish(sessions, report_id, label, item, attempts, outcome, options)
     log = logger.warning if result.state in (DeliveryState.FAILED,
                                              DeliveryState.RETRYING) else logger.info
-    log("report %d -> %s: %s after attempt %d (%s)%s", report_id, label,
+    log("report %d %s -> %s: %s after attempt %d (%s)%s", report_id, item.value, label,
         result.state.value if result.state else "?", attempts, result.reason,
         "" if result.retry_in_s is None else f"; retry in {result.retry_in_s:.0f} s")
     return result

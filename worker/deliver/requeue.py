@@ -8,20 +8,23 @@ from __future__ import annotations
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.queues import QUEUE_DELIVER, TASK_DELIVER_REPORT, BrokerSettings, make_celery
+from db.models import DeliveryItem
 from db.reports import requeue_deliveries
 
 
 def redeliver(sessions: sessionmaker[Session], broker: BrokerSettings, *,
-              report_id: int | None = None, all_failed: bool = False) -> list[tuple[int, str]]:
+              report_id: int | None = None,
+              all_failed: bool = False) -> list[tuple[int, str, DeliveryItem]]:
     """Requeue one report's unsent deliveries, or every failed one; publish each.
 
     The database holds the work: if the publish is lost, the reconciler publishes the
-    ``pending`` deliveries again once due. Returns the (report id, destination) pairs.
+    ``pending`` deliveries again once due. Returns the (report id, destination, item) triples.
     """
     with sessions.begin() as session:
-        pairs = requeue_deliveries(session, report_id=report_id, all_failed=all_failed)
-    if pairs:
+        rows = requeue_deliveries(session, report_id=report_id, all_failed=all_failed)
+    if rows:
         app = make_celery(broker)
-        for report, destination in pairs:
-            app.send_task(TASK_DELIVER_REPORT, args=[report, destination], queue=QUEUE_DELIVER)
-    return pairs
+        for report, destination, item in rows:
+            app.send_task(TASK_DELIVER_REPORT, args=[report, destination, item.value],
+                          queue=QUEUE_DELIVER)
+    return rows

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Instance, Report, Score, utcnow
+from db.models import DeliveryItem, Instance, Report, Score, utcnow
 from db.recovery import (
     ReportFailure,
     postpone_report,
@@ -28,6 +28,7 @@ from db.recovery import (
     settle_report,
 )
 from db.reports import (
+    DeliveryTargetRow,
     NewReport,
     StudyView,
     add_deliveries,
@@ -90,7 +91,7 @@ class ReportOutcome:
     action: ReportAction
     report_id: int | None = None
     retry_in_s: float | None = None
-    deliveries: tuple[str, ...] = ()
+    deliveries: tuple[tuple[str, DeliveryItem], ...] = ()  # (destination label, item)
     reason: str = ""  # RETRY, FAILED: what went wrong
 
 
@@ -184,8 +185,13 @@ def _record(sessions: sessionmaker[Session], view: StudyView, best: ImageResult,
             predecessor_id=None if linked is None else linked.id,
             worker_host=options.worker_host))
         if report_id is not None:
-            add_deliveries(session, report_id, [(d.label, d.shadow) for d in destinations])
+            add_deliveries(session, report_id, delivery_rows(destinations))
     return report_id
+
+
+def delivery_rows(destinations: Sequence[DeliveryTarget]) -> list[DeliveryTargetRow]:
+    """What each destination gets of a report: the SR."""
+    return [DeliveryTargetRow(d.label, d.shadow, DeliveryItem.SR) for d in destinations]
 
 
 def report_study(sessions: sessionmaker[Session], study_id: int, *, identity: ModelIdentity,
@@ -238,7 +244,8 @@ def report_study(sessions: sessionmaker[Session], study_id: int, *, identity: Mo
                 best.probability_mean, len(view.scored),
                 "" if previous is None else f", supersedes report {previous.id}")
     return ReportOutcome(ReportAction.WRITTEN, report_id=report_id,
-                         deliveries=tuple(d.label for d in destinations))
+                         deliveries=tuple((row.destination, row.item)
+                                          for row in delivery_rows(destinations)))
 
 
 def report_step(sessions: sessionmaker[Session], study_id: int, *, identity: ModelIdentity,

@@ -18,6 +18,8 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.queues import QUEUE_DELIVER, TASK_DELIVER_REPORT
+from db.models import DeliveryItem
+from db.reports import report_deliveries
 from db.runs import latest_report_any_version, studies_reported_under
 from worker.deliver.delivery import DeliveryOptions, Sender, deliver_report
 from worker.deliver.destinations import Destination
@@ -88,34 +90,39 @@ def write_reports(sessions: sessionmaker[Session], study_ids: Sequence[int], *,
     return summary
 
 
+def _recorded(sessions: sessionmaker[Session], report_id: int) -> list[tuple[str, DeliveryItem]]:
+    with sessions() as session:
+        return report_deliveries(session, report_id)
+
+
 def deliver_inline(sessions: sessionmaker[Session], summary: ReportSummary, *,
                    destinations: Mapping[str, Destination], send: Sender,
                    options: DeliveryOptions, broker: Callable[[], Celery]) -> None:
-    """One attempt per new report and destination; retries go to the ``deliver`` queue."""
+    """One attempt per new report's recorded delivery; retries go to the ``deliver`` queue."""
     for _, report_id in summary.written:
-        for label in destinations:
+        for label, item in _recorded(sessions, report_id):
             result = deliver_report(sessions, report_id, label, destinations=destinations,
-                                    send=send, options=options)
+                                    send=send, options=options, item=item)
             state = result.state.value if result.state else "unknown"
             summary.deliveries[state] += 1
             if result.retry_in_s is not None:
-                _publish(broker, report_id, label, result.retry_in_s)
+                _publish(broker, report_id, label, item, result.retry_in_s)
 
 
-def queue_deliveries(summary: ReportSummary, labels: Sequence[str],
+def queue_deliveries(sessions: sessionmaker[Session], summary: ReportSummary,
                      broker: Callable[[], Celery]) -> None:
-    """Put every new report's deliveries on the ``deliver`` queue."""
+    """Put every new report's recorded deliveries on the ``deliver`` queue."""
     for _, report_id in summary.written:
-        for label in labels:
-            if _publish(broker, report_id, label, None):
+        for label, item in _recorded(sessions, report_id):
+            if _publish(broker, report_id, label, item, None):
                 summary.deliveries["queued"] += 1
 
 
-def _publish(broker: Callable[[], Celery], report_id: int, label: str,
+def _publish(broker: Callable[[], Celery], report_id: int, label: str, item: DeliveryItem,
              countdown: float | None) -> bool:
     try:
-        broker().send_task(TASK_DELIVER_REPORT, args=[report_id, label], queue=QUEUE_DELIVER,
-                           countdown=countdown)
+        broker().send_task(TASK_DELIVER_REPORT, args=[report_id, label, item.value],
+                           queue=QUEUE_DELIVER, countdown=countdown)
     except Exception as exc:  # broker down: the row stays pending/retrying, nothing is lost
         logger.warning("report %d -> %s: cannot queue the delivery (%s); run "
                        "`cxr-triage redeliver --report %d` once the broker is back",

@@ -264,7 +264,7 @@ def report_step(sessions: sessionmaker[Session], request: RescoreRequest,
                             destinations=list(destinations.values()),
                             options=report_options(worker, socket.gethostname()))
     if request.distributed:
-        queue_deliveries(summary, list(destinations), broker)
+        queue_deliveries(sessions, summary, broker)
     else:
         deliver_inline(sessions, summary, destinations=destinations,
                        send=scu_sender(worker.calling_ae), broker=broker,
