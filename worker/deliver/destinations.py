@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from db.models import DeliveryItem
 from worker.errors import WorkerError
 
 _SYNTAX_HINT = "expected AE_TITLE@HOST:PORT[;tls][;shadow][;ca=PATH][;cert=PATH][;key=PATH]"
@@ -79,6 +80,11 @@ class Destination:
             raise DestinationError(f"destination {self.ae_title}: ca/cert/key need the tls option")
         if self.key_file and not self.cert_file:
             raise DestinationError(f"destination {self.ae_title}: key= needs cert= as well")
+
+    @property
+    def items(self) -> tuple[DeliveryItem, ...]:
+        """What this destination is sent of each report: the SR and the result image."""
+        return (DeliveryItem.SR, DeliveryItem.IMAGE)
 
     @property
     def label(self) -> str:

@@ -51,13 +51,17 @@ _EARLY_S = 1.0  # a report message this much before the study's due time still r
 
 
 class DeliveryTarget(Protocol):
-    """Where a report goes, as reporting sees it: a label and whether it is shadow only."""
+    """Where a report goes, as reporting sees it: a label, whether it is shadow only, and
+    which items of a report it takes (SR, result image, HL7 message)."""
 
     @property
     def label(self) -> str: ...
 
     @property
     def shadow(self) -> bool: ...
+
+    @property
+    def items(self) -> tuple[DeliveryItem, ...]: ...
 
 
 class ReportAction(enum.StrEnum):
@@ -189,9 +193,12 @@ def _record(sessions: sessionmaker[Session], view: StudyView, best: ImageResult,
     return report_id
 
 
-def delivery_rows(destinations: Sequence[DeliveryTarget]) -> list[DeliveryTargetRow]:
-    """What each destination gets of a report: the SR."""
-    return [DeliveryTargetRow(d.label, d.shadow, DeliveryItem.SR) for d in destinations]
+def delivery_rows(destinations: Sequence[DeliveryTarget], *,
+                  has_image: bool = False) -> list[DeliveryTargetRow]:
+    """What each destination gets of a report: each item it takes that the report has."""
+    return [DeliveryTargetRow(d.label, d.shadow, item)
+            for d in destinations for item in d.items
+            if item is not DeliveryItem.IMAGE or has_image]
 
 
 def report_study(sessions: sessionmaker[Session], study_id: int, *, identity: ModelIdentity,
