@@ -28,14 +28,11 @@ PARSERS = {
 
 
 def cpu_model() -> str:
-    info = Path("/proc/cpuinfo").read_text()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
-                 if line.startswith("model name")), "unknown")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines()
-                  if line.startswith("flags")), [])
-    wanted = [f for f in flags if f.startswith(("avx512_bf16", "avx512_vnni", "avx512f"))]
-    return f"{name} ({os.cpu_count()} cores; {' '.join(wanted)})"
+    """The machine line every figure carries (bench/machine.py: CPU, flags, load)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.machine import describe_machine
 
+    return describe_machine(torch_facts=False)
 
 def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     """(wall s, child CPU s) of one run."""
@@ -51,7 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    print(f"CPU: {cpu_model()}")
+    print(cpu_model())
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "TRIAGE_DB_URL": f"sqlite:///{tmp}/triage.db",
                "TRIAGE_VAR_DIR": f"{tmp}/var", "TRIAGE_MODEL_STORE": f"{tmp}/models"}

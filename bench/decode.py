@@ -33,6 +33,7 @@ from pydicom.uid import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.machine import describe_machine
 from cxr_triage.synthetic import cr_dataset, radiograph
 from training.preprocessing import dicom_unit_image, to_model_tensor
 
@@ -126,7 +127,8 @@ def probability_table(model_dir: Path, count: int, workdir: Path) -> None:
     from worker.score.ensemble import Ensemble
     from worker.settings import InferenceSettings
 
-    ensemble = Ensemble.load(model_dir, InferenceSettings(device="cpu"))
+    ensemble = Ensemble.load(model_dir, InferenceSettings(device="cpu", precision="fp32",
+                                                          backend="torch"))
     config = ensemble.config
     size = config.size
     pngs = sorted((SHARED / "cxr").glob("*/*.png"))[::max(1, 336 // count)][:count]
@@ -157,6 +159,7 @@ def main() -> int:
     rows, columns = (int(v) for v in args.size.lower().split("x"))
     with tempfile.TemporaryDirectory(prefix="cxr-bench-decode-") as tmp:
         workdir = Path(tmp)
+        print(describe_machine(torch_facts=False))
         print(f"one {rows} x {columns} 12-bit CR, median of {args.repeats}, model input "
               f"{args.input} px")
         decode_table(encodings(rows, columns, workdir), args.input, args.repeats)

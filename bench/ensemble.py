@@ -1,29 +1,34 @@
-"""Images per second of the worker's ensemble against a naive loop, on random weights.
+"""Images per second of the worker's ensemble per precision and backend, and agreement with fp32.
 
-Run: ``.venv/bin/python bench/ensemble.py [--folds 10] [--size 224] [--threads N]``.
-Variants, all 10 ResNet-50 at 224 px:
+Two modes, both printing the machine (CPU model, flags, load) with every figure:
 
-* naive: 10 torchvision ResNet-50, fp32, one model after another, batch 1;
-* worker: ``worker.score.ensemble.Ensemble`` (loaded from a real manifest, channels_last, fp32),
-  batch 1 and batch ``TRIAGE_SCORE_BATCH`` (8);
-* bf16: the same models with weights cast to bf16 and channels_last, batch 8;
-* gate: the image gate's cost, as the ratio of scoring with gate statistics to scoring without
-  (same ensemble, same batch; rounds interleaved so shared-machine load hits both alike), for
-  fp32 and bf16 (features from the scoring pass) and, with ``--openvino``, OpenVINO (features
-  from an extra fp32 pass: OpenVINO's graph yields probabilities only).
+* random weights (no ``--model``): speed only, synthetic input. naive loop (10 torchvision
+  ResNet-50 in fp32 one after another, batch 1); ``worker.score.ensemble.Ensemble`` in torch
+  fp32 (batch 1 and 8), torch bf16 (native bf16 only), and with ``--openvino`` OpenVINO fp32 and
+  bf16; then the image gate's cost as the ratio of scoring with gate statistics to scoring
+  without (interleaved rounds, so shared-machine load hits both alike).
+* trained (``--model DIR``): every variant (torch fp32 batch 8 = the reference; torch bf16
+  where native; OpenVINO fp32, bf16 where native, int8; ``auto``) scores the same real images
+  (the shared development PNGs and DICOM files, at least 300), timed as one pass each. For each
+  fast path: max and mean |dp| against fp32, decisions equal before and after the fp32 re-check
+  of images within ``TRIAGE_EXACT_MARGIN`` of the threshold, the share re-scored, and the gate's
+  decisions. ``auto`` runs as the worker does (re-check included), so its rate is the effective
+  one. The int8 graph is built first when missing (``--calibration``, NNCF). Then the gate's
+  cost on OpenVINO (features from the graph's second output).
 
-Random weights say nothing about bf16 agreement; judge that on trained weights.
+Run: ``.venv/bin/python bench/ensemble.py --model DIR --threads 2`` (trained), or
+``.venv/bin/python bench/ensemble.py --folds 10 --size 224 --openvino`` (random weights).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +36,15 @@ import torch
 from torchvision.models import resnet50
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.machine import describe_machine
+from common.hardware import detect
 from tests.worker.conftest import build_ensemble
 from training.ood import LAYER_DIMS, Gate, fit_fold_stats
-from worker.score.ensemble import Ensemble
+from worker.score.ensemble import BatchPrediction, Ensemble
+from worker.score.int8 import quantize_ensemble
 from worker.settings import InferenceSettings
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def write_random_ensemble(directory: Path, folds: int, size: int) -> None:
@@ -55,19 +65,6 @@ def images_per_second(run: Callable[[torch.Tensor], object], batch: int, size: i
     return rounds * batch / (time.perf_counter() - started)
 
 
-def cpu_model() -> str:
-    """The CPU model name and the flags that matter for inference speed."""
-    info = Path("/proc/cpuinfo").read_text(encoding="utf-8") if Path(
-        "/proc/cpuinfo").is_file() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
-                 if line.startswith("model name")), "unknown CPU")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines()
-                  if line.startswith("flags")), [])
-    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
-              if f in flags]
-    return f"{name} ({', '.join(wanted) or 'no AVX-512'}), {len(os.sched_getaffinity(0))} cores"
-
-
 def random_gate(folds: int, seed: int = 0) -> Gate:
     """Gate statistics of the real shape (4 stages, 64 components) fitted on random features."""
     rng = np.random.default_rng(seed)
@@ -75,20 +72,20 @@ def random_gate(folds: int, seed: int = 0) -> Gate:
                       for _ in range(folds)), 1e9)
 
 
-def gate_ratio(ensemble: Ensemble, gate: Gate, batch: int, size: int, rounds: int) -> float:
+def gate_ratio(ensemble: Ensemble, gate: Gate, batch: torch.Tensor, rounds: int) -> float:
     """Median over interleaved rounds of (time with the gate) / (time without it)."""
     with_gate, without = ensemble.gate or gate, None
-    x = torch.randn(batch, 3, size, size)
     ratios = []
     for _ in range(rounds + 1):
         ensemble.gate = without
         started = time.perf_counter()
-        ensemble.predict(x)
+        ensemble.predict(batch)
         plain = time.perf_counter() - started
         ensemble.gate = with_gate
         started = time.perf_counter()
-        assert ensemble.predict(x).gate_scores
+        assert ensemble.predict(batch).gate_scores
         ratios.append((time.perf_counter() - started) / plain)
+    ensemble.gate = with_gate
     return statistics.median(ratios[1:])  # the first round warms up
 
 
@@ -101,36 +98,140 @@ def naive(folds: int) -> Callable[[torch.Tensor], object]:
     return run
 
 
-def agreement(model_dir: Path, count: int, backend: str) -> None:
-    """fp32 torch against bf16 ``backend`` on real images with trained weights."""
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
-    images = sorted((shared / "cxr").glob("*/*.png"))
-    images = images[:: max(1, len(images) // count)][:count]
-    images += sorted((shared / "dicom").glob("*.dcm"))
-    exact = Ensemble.load(model_dir, InferenceSettings(device="cpu"))
-    fast = Ensemble.load(model_dir, InferenceSettings(
-        device="cpu", precision="bf16", backend=backend, exact_margin=0.0,
-        openvino_cache_dir=Path(tempfile.mkdtemp(prefix="cxr-ov-"))))
-    tensors = torch.stack([exact.preprocess(path) for path in images])
-    p32: list[float] = []
-    p16: list[float] = []
-    for start in range(0, len(images), 8):
-        batch = tensors[start:start + 8]
-        p32 += exact.predict(batch).mean
-        p16 += fast.predict(batch).mean
-    delta = [abs(a - b) for a, b in zip(p32, p16, strict=True)]
-    threshold = exact.threshold
-    same = sum((a >= threshold) == (b >= threshold) for a, b in zip(p32, p16, strict=True))
-    margin = 0.02  # the worker's default TRIAGE_EXACT_MARGIN: these are rescored in fp32
-    checked = [a if abs(b - threshold) < margin else b for a, b in zip(p32, p16, strict=True)]
-    rescored = sum(abs(b - threshold) < margin for b in p16)
-    same_checked = sum((a >= threshold) == (b >= threshold)
-                       for a, b in zip(p32, checked, strict=True))
-    print(f"\n{backend} bf16 vs torch fp32 on {len(images)} real images ({model_dir}, "
-          f"threshold {threshold:.4f}): max |Δp| {max(delta):.4f}, "
-          f"mean |Δp| {sum(delta) / len(delta):.4f}, decisions equal {same}/{len(images)}; "
-          f"with the fp32 re-check within {margin} of the threshold ({rescored} rescored): "
-          f"{same_checked}/{len(images)}")
+def load(model_dir: Path, precision: str, backend: str, threads: int, cache: Path,
+         margin: float = 0.0) -> Ensemble:
+    return Ensemble.load(model_dir, InferenceSettings(
+        device="cpu", precision=precision, backend=backend, torch_threads=threads,
+        openvino_cache_dir=cache, exact_margin=margin))
+
+
+def random_weights(args: argparse.Namespace) -> None:
+    """Speed of each variant on random weights and synthetic input."""
+    native = detect().native_bf16
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir, cache = Path(tmp) / "model", Path(tmp) / "ov"
+        write_random_ensemble(model_dir, args.folds, args.size)
+        variants = {"torch fp32": load(model_dir, "fp32", "torch", args.threads, cache)}
+        if native:
+            variants["torch bf16"] = load(model_dir, "bf16", "torch", args.threads, cache)
+        for precision in ("fp32", "bf16") if args.openvino else ():
+            if precision == "fp32" or native:
+                variants[f"OpenVINO {precision}"] = load(model_dir, precision, "openvino",
+                                                         args.threads, cache)
+    print(describe_machine())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.folds} folds, "
+          f"{args.size} px, random weights")
+    results = {} if args.gate_only else {
+        "naive fp32 loop, batch 1": images_per_second(naive(args.folds), 1, args.size, 4),
+        "torch fp32 channels_last, batch 1": images_per_second(
+            variants["torch fp32"].predict, 1, args.size, 4),
+        **{f"{name}, batch {args.batch}": images_per_second(
+            model.predict, args.batch, args.size, args.images)
+           for name, model in variants.items()},
+    }
+    baseline = results.get("naive fp32 loop, batch 1", 1.0)
+    for name, rate in results.items():
+        print(f"  {name:45s} {rate:7.2f} img/s {rate / baseline:6.2f}x naive")
+    gate = random_gate(args.folds)
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    print(f"{describe_machine()}\nimage gate cost (median of {args.gate_rounds} interleaved "
+          f"rounds, batch {args.batch}): time with the gate / time without")
+    for name, model in variants.items():
+        print(f"  {name:20s} {gate_ratio(model, gate, x, args.gate_rounds):.3f}")
+
+
+def real_images(count: int) -> list[Path]:
+    """``count`` development PNGs (evenly spread over both classes) and every shared DICOM."""
+    pngs = sorted((SHARED / "cxr").glob("*/*.png"))
+    pngs = pngs[:: max(1, len(pngs) // count)][:count]
+    return pngs + sorted((SHARED / "dicom").glob("*.dcm"))
+
+
+@dataclass
+class Pass:
+    """One variant's pass over the images: probabilities, gate refusals, seconds."""
+
+    name: str
+    means: np.ndarray
+    refused: np.ndarray
+    seconds: float
+    rescored: int = 0
+
+
+def score_all(model: Ensemble, tensors: torch.Tensor, batch: int) -> Pass:
+    """Score every image in batches (one warm-up batch first), timed."""
+    model.predict(tensors[:batch])
+    rescored_before = model.rescored
+    means: list[float] = []
+    refused: list[bool] = []
+    started = time.perf_counter()
+    for start in range(0, len(tensors), batch):
+        result: BatchPrediction = model.predict(tensors[start:start + batch])
+        means += result.mean
+        refused += result.not_assessable or [False] * len(result.mean)
+    seconds = time.perf_counter() - started
+    return Pass(f"{model.backend} {model.precision}", np.array(means), np.array(refused),
+                seconds, model.rescored - rescored_before)
+
+
+def agreement_line(fast: Pass, exact: Pass, threshold: float, margin: float) -> str:
+    """|dp| and decisions against fp32, before and after the re-check within ``margin``."""
+    delta = np.abs(fast.means - exact.means)
+    near = np.abs(fast.means - threshold) < margin
+    checked = np.where(near, exact.means, fast.means)
+    same_raw = int(((fast.means >= threshold) == (exact.means >= threshold)).sum())
+    same = int(((checked >= threshold) == (exact.means >= threshold)).sum())
+    gate_same = int((fast.refused == exact.refused).sum())
+    n = len(exact.means)
+    return (f"max |dp| {delta.max():.4f}, mean |dp| {delta.mean():.4f}; decisions equal "
+            f"{same_raw}/{n} raw, {same}/{n} after the fp32 re-check ({near.sum()} re-scored, "
+            f"{100 * near.mean():.1f} %); gate decisions equal {gate_same}/{n}")
+
+
+def trained(args: argparse.Namespace) -> None:
+    """Speed and agreement of every path on the trained ensemble and real images."""
+    caps = detect()
+    cache = args.cache or Path(tempfile.mkdtemp(prefix="cxr-ov-"))
+    started = time.perf_counter()
+    graph = quantize_ensemble(args.model, args.calibration, cache, images=args.calibration_images)
+    print(f"{describe_machine()}\nint8 graph: {graph.reason} ({time.perf_counter() - started:.0f}"
+          f" s incl. any build; calibration {args.calibration}, {args.calibration_images} images)")
+    reference = load(args.model, "fp32", "torch", args.threads, cache)
+    files = real_images(args.agreement_images)
+    tensors = torch.stack([reference.preprocess(path) for path in files])
+    threshold, margin = reference.threshold, args.margin
+    variants = [("fp32", "torch")] + ([("bf16", "torch")] if caps.native_bf16 else [])
+    variants += [("fp32", "openvino")] + ([("bf16", "openvino")] if caps.native_bf16 else [])
+    variants += [("int8", "openvino")]
+    exact = score_all(reference, tensors, args.batch)
+    passes = [exact] + [score_all(load(args.model, p, b, args.threads, cache), tensors,
+                                  args.batch) for p, b in variants[1:]]
+    auto = load(args.model, "auto", "auto", args.threads, cache, margin)
+    auto_pass = score_all(auto, tensors, args.batch)
+    print(f"\n{describe_machine()}\n{args.model} ({len(reference.models)} folds, "
+          f"{reference.manifest.input_size} px, threshold {threshold:.4f}); {len(files)} real "
+          f"images; batch {args.batch}; torch {torch.__version__}, {torch.get_num_threads()} "
+          f"threads; re-check margin {margin}")
+    base = len(files) / exact.seconds
+    for one in passes:
+        rate = len(files) / one.seconds
+        line = "" if one is exact else "; " + agreement_line(one, exact, threshold, margin)
+        print(f"  {one.name:16s} {rate:6.2f} img/s {rate / base:5.2f}x torch fp32{line}")
+    rate = len(files) / auto_pass.seconds
+    same = int(((auto_pass.means >= threshold) == (exact.means >= threshold)).sum())
+    print(f"  auto = {auto.choice.describe()}\n  {'auto':16s} {rate:6.2f} img/s "
+          f"{rate / base:5.2f}x torch fp32 (re-check included: {auto_pass.rescored} "
+          f"images re-scored in fp32); decisions equal "
+          f"{same}/{len(files)}, gate decisions equal "
+          f"{int((auto_pass.refused == exact.refused).sum())}/{len(files)}, max |dp| "
+          f"{np.abs(auto_pass.means - exact.means).max():.4f}")
+    gate = reference.gate or random_gate(len(reference.models))
+    print(f"\n{describe_machine()}\nimage gate cost on {args.model} (median of "
+          f"{args.gate_rounds} interleaved rounds, batch {args.batch}): with / without")
+    batch = tensors[:args.batch]
+    for precision, backend in variants:
+        model = load(args.model, precision, backend, args.threads, cache)
+        print(f"  {backend} {precision:5s} {gate_ratio(model, gate, batch, args.gate_rounds):.3f}")
 
 
 def main() -> int:
@@ -140,63 +241,28 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--images", type=int, default=16, help="images timed per variant")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--model", type=Path,
-                        help="trained ensemble: also compare bf16 with fp32 on real images")
-    parser.add_argument("--agreement-images", type=int, default=96)
+    parser.add_argument("--model", type=Path, help="trained ensemble: speed and agreement of "
+                        "every path on real images")
+    parser.add_argument("--agreement-images", type=int, default=336,
+                        help="development PNGs (plus the shared DICOM files)")
+    parser.add_argument("--calibration", type=Path, default=SHARED / "cxr",
+                        help="training images for the int8 graph (built when missing)")
+    parser.add_argument("--calibration-images", type=int, default=300)
+    parser.add_argument("--cache", type=Path, help="OpenVINO graph cache (default: temporary)")
+    parser.add_argument("--margin", type=float, default=InferenceSettings().exact_margin)
     parser.add_argument("--gate-rounds", type=int, default=5)
     parser.add_argument("--gate-only", action="store_true",
-                        help="time only the image gate's cost ratios")
+                        help="random weights: time only the image gate's cost ratios")
     parser.add_argument("--openvino", action="store_true",
-                        help="also time the OpenVINO backend (fp32 and bf16)")
+                        help="random weights: also time the OpenVINO backend")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        write_random_ensemble(Path(tmp), args.folds, args.size)
-        started = time.perf_counter()
-        ensemble = Ensemble.load(Path(tmp), InferenceSettings(device="cpu",
-                                                              torch_threads=args.threads))
-        load_s = time.perf_counter() - started
-        fast = Ensemble.load(Path(tmp), InferenceSettings(device="cpu", precision="bf16"))
-        variants = {}
-        if args.openvino:
-            for precision in ("fp32", "bf16"):
-                variants[f"worker Ensemble OpenVINO {precision}, batch {args.batch}"] = (
-                    Ensemble.load(Path(tmp), InferenceSettings(
-                        device="cpu", precision=precision, backend="openvino",
-                        openvino_cache_dir=Path(tmp) / "ov", torch_threads=args.threads)))
-    print(f"CPU: {cpu_model()}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.folds} folds, "
-          f"{args.size} px; ensemble load incl. sha256 checks: {load_s:.1f} s")
-    small = max(args.batch // 2, 4)
-    results = {} if args.gate_only else {
-        "naive fp32 loop, batch 1": images_per_second(naive(args.folds), 1, args.size, small),
-        "worker Ensemble fp32 channels_last, batch 1": images_per_second(
-            ensemble.predict, 1, args.size, small),
-        f"worker Ensemble fp32 channels_last, batch {args.batch}": images_per_second(
-            ensemble.predict, args.batch, args.size, args.images),
-        f"worker Ensemble bf16 channels_last, batch {args.batch}": images_per_second(
-            fast.predict, args.batch, args.size, args.images),
-    }
-    for name, compiled in variants.items() if results else ():
-        results[name] = images_per_second(compiled.predict, args.batch, args.size, args.images)
-    baseline = results.get("naive fp32 loop, batch 1", 1.0)
-    print(f"{'variant':50s} {'img/s':>7s} {'vs naive':>9s}" if results else "")
-    for name, rate in results.items():
-        print(f"{name:50s} {rate:7.2f} {rate / baseline:8.2f}x")
-    gate = random_gate(args.folds)
-    gated = {"torch fp32": ensemble, "torch bf16": fast,
-             **{name.split(", batch")[0].removeprefix("worker Ensemble "): model
-                for name, model in variants.items()}}
-    print(f"\nimage gate cost (median of {args.gate_rounds} interleaved rounds, batch "
-          f"{args.batch}): time with the gate / time without")
-    for name, model in gated.items():
-        ratio = gate_ratio(model, gate, args.batch, args.size, args.gate_rounds)
-        print(f"  {name:20s} {ratio:.3f}")
     if args.model is not None:
-        for backend in ("torch", "openvino") if args.openvino else ("torch",):
-            agreement(args.model, args.agreement_images, backend)
+        trained(args)
+    else:
+        random_weights(args)
     return 0
 
 

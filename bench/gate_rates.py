@@ -23,7 +23,7 @@ import torch
 from pydicom import dcmread
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.ensemble import cpu_model
+from bench.machine import describe_machine
 from dicom_node.filters import TriageRules
 from training.gate_eval import gate_scores
 from training.gate_probe import write_probe_set
@@ -61,7 +61,7 @@ def main() -> int:
     parser.add_argument("--per-kind", type=int, default=20)
     parser.add_argument("--chest", type=int, default=60, help="development images linked")
     args = parser.parse_args()
-    print(f"CPU: {cpu_model()}; torch {torch.__version__}")
+    print(f"{describe_machine()}; torch {torch.__version__}")
     gate = load_manifest(args.model).ood_gate or {}
     print(f"out-of-fold (training): {gate.get('oof_rejection')} of {gate.get('oof_images')} "
           f"refused, cross-fitted {gate.get('crossfit_rejection')}, threshold "

@@ -18,6 +18,7 @@ import argparse
 import copy
 import importlib.util
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +47,9 @@ from worker.settings import (
     WorkerSettings,
     default_loader_workers,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.machine import describe_machine
 
 ROWS, COLUMNS = 2500, 2048
 
@@ -151,6 +155,7 @@ def main() -> int:
         rates = {name: _rescore_rate(sessions, ensemble, studies[name], args.workers,
                                      args.batch)[0] for name in syntaxes}
         ceiling = (before + ceiling_rate()) / 2  # before and after: contention drifts
+        print(describe_machine())
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.folds} "
               f"folds at 224 px, batch {args.batch}, {args.workers} loader workers, "
               f"{args.images} images of {ROWS}x{COLUMNS} per syntax")

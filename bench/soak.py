@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import random
 import sys
 import tempfile
@@ -76,7 +75,7 @@ class Stack:
             storage_dir=self.plain.storage,
             destinations=f"{self.pacs.aet}@127.0.0.1:{self.pacs.dicom_port}",
             env={**common, "TRIAGE_DELIVERY_BACKOFF_S": "2", "TRIAGE_DELIVERY_BACKOFF_MAX_S": "20",
-                 "TRIAGE_DELIVERY_MAX_ATTEMPTS": "1000"})
+                 "TRIAGE_DELIVERY_RETRY_HORIZON_S": "86400"})
         self.plain.start()
         self.tls.start()
         self.worker.start()
@@ -233,12 +232,11 @@ def database(kind: str, root: Path) -> Iterator[str]:
 
 
 def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+    """The machine line every figure carries (bench/machine.py: CPU, flags, load)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.machine import describe_machine
 
+    return describe_machine(torch_facts=False)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -252,7 +250,7 @@ def main() -> int:
     parser.add_argument("--input", type=int, default=64)
     parser.add_argument("--seed", type=int, default=2026)
     args = parser.parse_args()
-    print(f"CPU: {cpu_model()}; database {args.db}; {args.duration:.0f} s of traffic, a fault "
+    print(f"{cpu_model()}; database {args.db}; {args.duration:.0f} s of traffic, a fault "
           f"every ~{args.chaos_every:.0f} s; {args.folds}-fold ensemble at {args.input} px")
     ledger = Ledger()
     with tempfile.TemporaryDirectory(prefix="cxr-soak-") as tmp:

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision.models import resnet50
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.machine import describe_machine
 
 
 def images_per_second(size: int, batch: int, iters: int, warmup: int, device: str,
@@ -57,7 +61,8 @@ def main() -> None:
     fp32 = images_per_second(args.size, args.batch, args.iters, args.warmup, args.device, False)
     bf16 = images_per_second(args.size, args.batch, args.iters, args.warmup, args.device, True)
     print(f"ResNet-50 training, batch {args.batch}, {args.size} px, {args.device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor()}")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(describe_machine())
     print(f"iterations: {args.warmup} warm-up + {args.iters} timed")
     print("| precision | train img/s |")
     print("|---|---|")

@@ -41,15 +41,11 @@ CASES = (("api first page", "/api/worklist?page_size=50"),
 
 
 def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        text = Path("/proc/cpuinfo").read_text()
-        name = next(line.split(":", 1)[1].strip() for line in text.splitlines()
-                    if line.startswith("model name"))
-        flags = next(line for line in text.splitlines() if line.startswith("flags"))
-        wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni") if f" {f}" in flags]
-        return f"{name} ({', '.join(wanted)})"
-    return "unknown"
+    """The machine line every figure carries (bench/machine.py: CPU, flags, load)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.machine import describe_machine
 
+    return describe_machine(torch_facts=False)
 
 def _decision(i: int) -> str:
     return "suspected" if i % 3 == 0 else "indeterminate" if i % 10 == 1 else "not_suspected"
@@ -142,7 +138,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--db", action="append", choices=["sqlite", "postgresql"])
     args = parser.parse_args()
-    print(f"CPU: {cpu_model()}")
+    print(cpu_model())
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for kind in args.db or ["sqlite", "postgresql"]:
         with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp)) as url:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from sqlalchemy import select
@@ -200,8 +201,10 @@ def run_demo(root: Path, data: Path | None, fresh: bool, timeout_s: float,
         send_studies(node_port, studies)
         wait_for_reports(paths.db_url, len(studies) - 1, stack, timeout_s)
         print_worklist(paths.db_url)
-        received = sorted(paths.pacs.glob("*.dcm"))
-        print(f"\ndemo: the local PACS {PACS_AE} received {len(received)} structured reports in "
+        modalities = [str(dcmread(path, stop_before_pixels=True).Modality)
+                      for path in sorted(paths.pacs.glob("*.dcm"))]
+        print(f"\ndemo: the local PACS {PACS_AE} received {modalities.count('SR')} structured "
+              f"reports and {len(modalities) - modalities.count('SR')} result images in "
               f"{paths.pacs}; logs are in {paths.logs}")
         print_web_access(web_port)
         if serve:

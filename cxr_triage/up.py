@@ -23,12 +23,15 @@ from types import FrameType
 
 from common.errors import TriageError
 from common.queues import QUEUE_DELIVER, QUEUE_SCORE
+from common.threads import WAIT_POLICY_ENV, inference_threads
 
 LOGGER = logging.getLogger(__name__)
 
-# PERF-NOTES: with the node ingesting on 2 cores, a 2-thread worker falls to 0.52 img/s and
-# halves ingest; with 1 thread it keeps 0.89 img/s and ingest stays at full rate.
-SHARED_MACHINE_TORCH_THREADS = "1"
+# The node shares the machine: the scoring worker leaves it a core (PERF-NOTES: with the node
+# ingesting on 2 cores, a 2-thread worker fell to 0.52 img/s and halved ingest; with 1 thread
+# it kept 0.89 img/s and ingest its full rate), and OpenMP threads sleep when they wait
+# (common.threads; docs/benchmarks.md, "Threads").
+NODE_RESERVED_CORES = 1
 # The CLI's exit status for TriageError/SettingError: a configuration a restart can't fix.
 CONFIGURATION_ERROR_EXIT = 2
 
@@ -101,7 +104,8 @@ class Stack:
                  children: Sequence[ChildSpec] | None = None,
                  backoff: Backoff = Backoff()) -> None:
         self.env = dict(env)
-        self.env.setdefault("TRIAGE_TORCH_THREADS", SHARED_MACHINE_TORCH_THREADS)
+        self.env.setdefault("TRIAGE_TORCH_THREADS", str(inference_threads(NODE_RESERVED_CORES)))
+        self.env.setdefault(WAIT_POLICY_ENV, "PASSIVE")
         self.log_dir = log_dir
         self.backoff = backoff
         specs = default_children(node_args, worker_args) if children is None else children

@@ -225,6 +225,10 @@ class Score(Base):
     device: Mapped[str] = mapped_column(String(16))
     worker_host: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Migration 0008: the fold-mean Grad-CAM of the positive class at layer4 (rows of the
+    # feature-map grid, each fold's map scaled to [0, 1]) from the scoring pass; the result
+    # image draws it without running the models again. ``None`` when the path had none.
+    cam: Mapped[list[list[float]] | None] = mapped_column(JSON)
 
 
 class Report(Base):
@@ -272,6 +276,8 @@ class Delivery(Base):
                          name="uq_delivery_report_destination_item"),
         Index("ix_delivery_state_updated_at", "state", "updated_at"),
         Index("ix_delivery_state_next_attempt_at", "state", "next_attempt_at"),
+        Index("ix_delivery_commitment_uid", "commitment_uid"),
+        Index("ix_delivery_commitment_requested_at", "commitment", "commitment_requested_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -7,12 +7,13 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.instances import dialect_insert
 from db.models import (
     ERROR_LENGTH,
+    CommitmentState,
     Decision,
     Delivery,
     DeliveryItem,
@@ -42,6 +43,7 @@ class StudyView:
     study: Study
     pending: int  # triage candidates not scored yet (received, queued or scoring)
     scored: Sequence[tuple[Instance, Score]]  # current content's scores
+    reports: int = 0  # reports the study already has, under any model version
 
 
 def study_view(session: Session, study_id: int, model_version: str) -> StudyView | None:
@@ -60,7 +62,9 @@ def study_view(session: Session, study_id: int, model_version: str) -> StudyView
                Score.content_sha256 == Instance.content_sha256)
         .order_by(Instance.id)
     ).all()
-    return StudyView(study, pending, [(row[0], row[1]) for row in rows])
+    reports = session.scalar(
+        select(func.count()).select_from(Report).where(Report.study_id == study_id)) or 0
+    return StudyView(study, pending, [(row[0], row[1]) for row in rows], int(reports))
 
 
 def rescore_for_live_model(session: Session, study_id: int, model_version: str) -> int:
@@ -111,6 +115,12 @@ class NewReport:
     file_path: str
     predecessor_id: int | None  # the report this one supersedes
     worker_host: str
+    sr_series_number: int | None = None  # the SR's own series (one per revision)
+    # The result image (Secondary Capture) written with the SR; all None without one.
+    image_series_instance_uid: str | None = None
+    image_sop_instance_uid: str | None = None
+    image_series_number: int | None = None
+    image_file_path: str | None = None
 
 
 def insert_report(session: Session, report: NewReport) -> int | None:
@@ -218,6 +228,8 @@ class DeliveryRow:
     updated_at: dt.datetime
     next_attempt_at: dt.datetime | None = None  # pending/retrying: when it is due
     item: DeliveryItem = DeliveryItem.SR
+    commitment: CommitmentState | None = None  # Storage Commitment, when the destination asks
+    commitment_error: str | None = None
 
 
 def list_deliveries(session: Session, *, failed_only: bool = False,
@@ -235,21 +247,26 @@ def list_deliveries(session: Session, *, failed_only: bool = False,
     return [
         DeliveryRow(r.id, str(uid), r.revision, r.decision, r.priority, d.destination, d.state,
                     d.attempts, d.last_error, d.updated_at,
-                    d.next_attempt_at if d.state in _DUE_STATES else None, DeliveryItem(d.item))
+                    d.next_attempt_at if d.state in _DUE_STATES else None, DeliveryItem(d.item),
+                    d.commitment, d.commitment_error)
         for d, r, uid in session.execute(query).all()
     ]
 
 
 def requeue_deliveries(session: Session, *, report_id: int | None = None,
-                       all_failed: bool = False) -> list[tuple[int, str, DeliveryItem]]:
-    """Put deliveries back to ``pending``, due now, with a fresh attempt count.
+                       all_failed: bool = False,
+                       destination: str | None = None) -> list[tuple[int, str, DeliveryItem]]:
+    """Put deliveries back to ``pending``, due now, with a fresh attempt count and horizon.
 
     ``report_id``: every delivery of that report not already sent (or shadow);
-    ``all_failed``: every ``failed`` delivery, and every ``retrying`` one past its due time.
+    ``all_failed``: every ``failed`` delivery, and every ``retrying`` one past its due time;
+    ``destination``: only those to this destination label.
     Returns (report id, destination, item) triples.
     """
     now = utcnow()
     query = select(Delivery)
+    if destination is not None:
+        query = query.where(Delivery.destination == destination)
     if report_id is not None:
         query = query.where(Delivery.report_id == report_id, Delivery.state.not_in(
             [DeliveryState.SENT.value, DeliveryState.SHADOW.value]))
@@ -264,6 +281,97 @@ def requeue_deliveries(session: Session, *, report_id: int | None = None,
         session.execute(
             update(Delivery).where(Delivery.id.in_([d.id for d in rows]))
             .values(state=DeliveryState.PENDING.value, attempts=0, updated_at=now,
-                    next_attempt_at=now)
+                    next_attempt_at=now, failing_since=None)
         )
     return [(d.report_id, d.destination, DeliveryItem(d.item)) for d in rows]
+
+
+# --- Failing destinations (docs/operations.md, "Outages") ------------------------------------
+
+
+def destination_hold(session: Session, destination: str, *, other_than: int,
+                     after: dt.datetime) -> tuple[dt.datetime, int] | None:
+    """When a failing destination is next tried by another of its deliveries.
+
+    The earliest ``next_attempt_at`` later than ``after`` among the other ``retrying``
+    deliveries to ``destination`` (in their backoff, or holding the lease of an attempt in
+    progress), with that delivery's report id; ``None`` when none, so it may be tried now.
+    ``after`` is the later of now and the asking delivery's own due time, so deliveries waiting
+    for the same attempt never hold each other up.
+    """
+    row = session.execute(
+        select(Delivery.next_attempt_at, Delivery.report_id)
+        .where(Delivery.destination == destination, Delivery.id != other_than,
+               Delivery.state == DeliveryState.RETRYING, Delivery.failing_since.is_not(None),
+               Delivery.next_attempt_at > after)
+        .order_by(Delivery.next_attempt_at).limit(1)
+    ).first()
+    if row is None or row[0] is None:
+        return None
+    return row[0], int(row[1])
+
+
+def release_destination(session: Session, destination: str,
+                        now: dt.datetime) -> list[tuple[int, str, DeliveryItem]]:
+    """A delivery to ``destination`` was sent: its other ``retrying`` deliveries are due now.
+
+    Returns their (report id, destination, item) triples, to be published.
+    """
+    rows = list(session.scalars(
+        select(Delivery)
+        .where(Delivery.destination == destination, Delivery.state == DeliveryState.RETRYING,
+               Delivery.next_attempt_at > now)
+        .with_for_update()))
+    for delivery in rows:
+        delivery.next_attempt_at = now
+    return [(d.report_id, d.destination, DeliveryItem(d.item)) for d in rows]
+
+
+@dataclass(frozen=True)
+class FailingDestination:
+    """A destination whose deliveries have been failing since nothing was sent to it."""
+
+    destination: str
+    failing_since: dt.datetime  # the oldest first failure among them
+    retrying: int
+    failed: int
+    next_attempt_at: dt.datetime | None  # the earliest retry, if any
+    last_error: str | None  # of the most recently updated one
+
+    def failing_for_s(self, now: dt.datetime) -> float:
+        return max(0.0, (now - self.failing_since).total_seconds())
+
+
+_FAILING = (DeliveryState.RETRYING.value, DeliveryState.FAILED.value)
+
+
+def failing_destinations(session: Session) -> list[FailingDestination]:
+    """Destinations with ``retrying`` or ``failed`` deliveries that began failing after the
+    last delivery sent there (an old failure of one object does not make a working
+    destination failing), longest failing first."""
+    candidates = session.execute(
+        select(Delivery.destination, func.min(Delivery.failing_since))
+        .where(Delivery.state.in_(_FAILING), Delivery.failing_since.is_not(None))
+        .group_by(Delivery.destination)
+    ).all()
+    found = []
+    for destination, oldest in candidates:
+        last_sent = session.scalar(
+            select(func.max(Delivery.sent_at))
+            .where(Delivery.state == DeliveryState.SENT.value, Delivery.updated_at >= oldest,
+                   Delivery.destination == destination))
+        failing = select(Delivery).where(
+            Delivery.destination == destination, Delivery.state.in_(_FAILING),
+            Delivery.failing_since.is_not(None))
+        if last_sent is not None:
+            failing = failing.where(Delivery.failing_since > last_sent)
+        rows = list(session.scalars(failing.order_by(Delivery.updated_at.desc())))
+        if rows:
+            nexts = [d.next_attempt_at for d in rows if d.next_attempt_at is not None
+                     and d.state == DeliveryState.RETRYING]
+            found.append(FailingDestination(
+                str(destination), min(d.failing_since for d in rows if d.failing_since),
+                sum(d.state == DeliveryState.RETRYING for d in rows),
+                sum(d.state == DeliveryState.FAILED for d in rows),
+                min(nexts) if nexts else None, rows[0].last_error))
+    return sorted(found, key=lambda f: f.failing_since)

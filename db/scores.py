@@ -64,9 +64,14 @@ def claim_lead(session: Session, instance_id: int, token: str, lease_cutoff: dt.
     return True
 
 
-def claim_more(session: Session, lead_id: int, token: str, limit: int) -> list[int]:
+def claim_more(session: Session, lead_id: int, token: str, limit: int,
+               exclude: Sequence[int] = ()) -> list[int]:
     """Claim up to ``limit`` more instances to score with the lead: first those this task
-    claimed before it was interrupted, then the oldest ``queued`` ones no one has locked."""
+    claimed before it was interrupted, then the oldest ``queued`` ones no one has locked.
+
+    ``exclude``: claims of this task still in hand (a batch being predicted while the next
+    one is claimed) that are not to be claimed again.
+    """
     if limit <= 0:
         return []
     now = utcnow()
@@ -74,6 +79,7 @@ def claim_more(session: Session, lead_id: int, token: str, limit: int) -> list[i
         select(ScoreClaim.instance_id)
         .join(Instance, Instance.id == ScoreClaim.instance_id)
         .where(ScoreClaim.token == token, ScoreClaim.instance_id != lead_id,
+               ScoreClaim.instance_id.not_in(exclude),
                Instance.status == InstanceStatus.SCORING.value)
         .limit(limit)
     ))
@@ -145,11 +151,13 @@ class NewScore:
     device: str
     worker_host: str
     created_at: dt.datetime = field(default_factory=utcnow)
+    cam: tuple[tuple[float, ...], ...] | None = None  # fold-mean Grad-CAM grid (score.cam)
 
     def values(self) -> dict[str, Any]:
         """The column values of the row."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values["fold_probabilities"] = list(self.fold_probabilities)  # a JSON array
+        values["cam"] = None if self.cam is None else [list(row) for row in self.cam]
         return values
 
 

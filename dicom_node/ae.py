@@ -34,6 +34,7 @@ from pydicom.uid import (
 from pynetdicom import AE, dimse_messages
 from pynetdicom.dsutils import create_file_meta
 
+from common.commitment import STORAGE_COMMITMENT_PUSH_MODEL
 from common.dicom_ids import IMPLEMENTATION_CLASS_UID, implementation_version_name
 from dicom_node.settings import NodeSettings
 
@@ -81,7 +82,8 @@ def _our_file_meta(*, sop_class_uid: UID, sop_instance_uid: UID, transfer_syntax
 
 
 def build_ae(settings: NodeSettings) -> AE:
-    """An AE with Verification and the storage contexts; every other SOP class is refused.
+    """An AE with Verification, the storage contexts and Storage Commitment Push Model (for the
+    reports of our commitment requests); every other SOP class is refused.
 
     The AE and the files it stores carry our Implementation Class UID and version name
     (:mod:`common.dicom_ids`), not pynetdicom's. pynetdicom writes the file meta of a received
@@ -93,6 +95,11 @@ def build_ae(settings: NodeSettings) -> AE:
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = implementation_version_name()
     ae.add_supported_context(VERIFICATION)
+    # N-EVENT-REPORTs of Storage Commitment requests our deliveries made (dicom_node.commitment):
+    # the PACS opens the association and takes the SCP role (PS3.4 J.3.3, PS3.7 D.3.3.4).
+    ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, [ExplicitVRLittleEndian,
+                                                             ImplicitVRLittleEndian],
+                             scu_role=False, scp_role=True)
     for sop_class in storage_sop_classes(settings):
         ae.add_supported_context(sop_class, list(ACCEPTED_TRANSFER_SYNTAXES))
     ae.require_called_aet = True

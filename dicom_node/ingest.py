@@ -12,6 +12,7 @@ import errno
 import logging
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class _Checked:
     size_bytes: int
     sha256: str
     final: Path
+    synced: Future[None]  # the received file's fsync, started before hashing
 
 
 class Ingestor:
@@ -102,7 +104,8 @@ class Ingestor:
         item = self._new_instance(checked, calling_ae, request.transfer_syntax_uid)
         with self.store.lock(checked.header.sop_instance_uid):
             try:
-                stored = self.store.commit(received, checked.final, checked.sha256)
+                stored = self.store.commit(received, checked.final, checked.sha256,
+                                           checked.synced)
             except OSError as exc:
                 return _storage_failure(exc, calling_ae)
             result = self._record(item, stored, calling_ae)
@@ -132,12 +135,13 @@ class Ingestor:
                                     "above TRIAGE_MIN_FREE_BYTES") from exc
             raise
         verdict = self.rules.evaluate(header.attributes)
+        synced = self.store.sync_soon(received)  # the file's fsync runs while it is hashed
         sha256 = sha256_of(received)
         final = self.store.final_path(
             header.study.study_instance_uid, header.series_instance_uid, header.sop_instance_uid,
             sha256,
         )
-        return _Checked(header, verdict, size, sha256, final)
+        return _Checked(header, verdict, size, sha256, final, synced)
 
     def _record(self, item: NewInstance, stored: StoredFile,
                 calling_ae: str) -> RecordResult | StoreStatus:

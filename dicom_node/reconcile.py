@@ -9,7 +9,9 @@ again:
   lease (the worker died): ``score_instance`` again, which takes the stale claim over;
 * studies whose ``report_due_at`` passed ``received_after_s`` ago: ``report_study``;
 * deliveries ``pending`` or ``retrying`` whose ``next_attempt_at`` passed ``received_after_s``
-  ago: ``deliver_report``.
+  ago: ``deliver_report``;
+* Storage Commitments ``requested`` longer than ``commitment_timeout_s``: marked ``timed_out``
+  and logged (nothing to publish; ``dicom_node.commitment``).
 
 A message lost by the broker, or held by a worker that was killed, only delays its step. Tasks
 are idempotent, so a step published twice happens once. So that a backlog is not published
@@ -47,6 +49,7 @@ from db.recovery import (
     schedule_report_of_instance,
     stale_claims,
 )
+from dicom_node.commitment import expire_commitments
 from dicom_node.settings import NodeSettings
 
 LOGGER = logging.getLogger(__name__)
@@ -94,17 +97,20 @@ class ReconcileSettings:
     lease_s : ``TRIAGE_SCORE_LEASE_S``: age of a ``queued`` row or a ``scoring`` claim before
         it is published again (the worker's take-over lease); also how long a published study
         or delivery is left alone if nothing changes.
+    commitment_timeout_s : ``TRIAGE_COMMITMENT_TIMEOUT_S``: a Storage Commitment still
+        ``requested`` this long after its request is marked ``timed_out``.
     """
 
     interval_s: float
     received_after_s: float
     lease_s: float
+    commitment_timeout_s: float = 3600.0
 
     @classmethod
     def for_node(cls, node: NodeSettings) -> ReconcileSettings:
         """The node's sweep settings and lease."""
         return cls(interval_s=node.sweep_interval_s, received_after_s=node.sweep_after_s,
-                   lease_s=node.score_lease_s)
+                   lease_s=node.score_lease_s, commitment_timeout_s=node.commitment_timeout_s)
 
 
 @dataclass
@@ -115,6 +121,7 @@ class RoundCounts:
     claims: int = 0
     reports: int = 0
     deliveries: int = 0
+    commitments_timed_out: int = 0  # marked, not published (dicom_node.commitment)
     broker_down: bool = False
 
     @property
@@ -186,6 +193,7 @@ class Reconciler:
         except Exception as exc:  # the database is down: try again next round
             LOGGER.warning("reconciler: database unavailable (%s)", type(exc).__name__)
             return counts
+        counts.commitments_timed_out = self._expire_commitments(now)
         for instance_id in received:
             self._submit(instance_id)
         counts.received = len(received)
@@ -201,6 +209,13 @@ class Reconciler:
                         "%d deliveries", counts.received, counts.claims, counts.reports,
                         counts.deliveries)
         return counts
+
+    def _expire_commitments(self, now: dt.datetime) -> int:
+        try:
+            return len(expire_commitments(self._sessions, self.settings.commitment_timeout_s, now))
+        except Exception as exc:  # the database: next round
+            LOGGER.warning("reconciler: commitment timeouts not recorded (%s)", type(exc).__name__)
+            return 0
 
     @staticmethod
     def _ring(publish: Callable[..., None], *args: object) -> None:

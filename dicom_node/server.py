@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 from pydicom import config as pydicom_config
-from pynetdicom import _config, evt
+from pynetdicom import _config, dimse_messages, evt
 from sqlalchemy import Engine
 
 from common.queues import make_celery
@@ -16,6 +16,7 @@ from db.migrate import require_current
 from db.session import make_engine, make_session_factory
 from dicom_node.admission import Admission, empty_allow_list_warning
 from dicom_node.ae import build_ae
+from dicom_node.commitment import handle_commitment_report, handle_commitment_request
 from dicom_node.enqueue import Enqueuer, Publisher
 from dicom_node.errors import NodeError
 from dicom_node.filters import TriageRules
@@ -27,6 +28,7 @@ from dicom_node.handlers import (
     handle_store,
 )
 from dicom_node.ingest import Ingestor
+from dicom_node.receive import receiving_files
 from dicom_node.reconcile import CeleryDoorbell, Reconciler, ReconcileSettings
 from dicom_node.settings import NodeSettings
 from dicom_node.storage import InstanceStore
@@ -51,6 +53,7 @@ class Node:
         self.settings = settings
         self._engine: Engine | None = None
         self._server: IntakeServer | None = None
+        self._store: InstanceStore | None = None
         self._publish = publish
         self.enqueuer: Enqueuer | None = None
         self.reconciler: Reconciler | None = None
@@ -58,12 +61,14 @@ class Node:
     def start(self) -> None:
         settings = self.settings
         _quiet_libraries()
-        store = InstanceStore(settings.storage_dir, settings.min_free_bytes)
+        store = self._store = InstanceStore(settings.storage_dir, settings.min_free_bytes)
         store.prepare()
         # pynetdicom writes each incoming dataset to a temporary file; keep it on the storage
-        # file system so moving it into place is a rename, not a copy.
+        # file system so moving it into place is a rename, not a copy, and hash it and start
+        # its write-back as it arrives (dicom_node.receive).
         _config.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(store.incoming)
+        dimse_messages.NamedTemporaryFile = receiving_files(store.incoming)  # type: ignore[assignment]
         self._engine = make_engine(settings.db.url)
         require_current(self._engine)  # `cxr-triage db upgrade` migrates, not the node
         sessions = make_session_factory(self._engine)
@@ -84,6 +89,8 @@ class Node:
             (evt.EVT_ACCEPTED, handle_accepted),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [ingestor]),
+            (evt.EVT_N_EVENT_REPORT, handle_commitment_report, [sessions]),
+            (evt.EVT_N_ACTION, handle_commitment_request),
             (evt.EVT_RELEASED, handle_released),
             (evt.EVT_ABORTED, handle_released),
         ]
@@ -119,6 +126,8 @@ class Node:
             self.reconciler.stop()
         if self.enqueuer is not None:
             self.enqueuer.stop()
+        if self._store is not None:
+            self._store.close()
         if self._engine is not None:
             self._engine.dispose()
 

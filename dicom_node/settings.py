@@ -58,6 +58,7 @@ class NodeSettings:
     sweep_interval_s: float = 30.0
     sweep_after_s: float = 60.0
     score_lease_s: float = DEFAULT_SCORE_LEASE_S
+    commitment_timeout_s: float = 3600.0  # a Storage Commitment without a report: timed_out
     tls: TlsSettings = TlsSettings()
     db: DbSettings = dataclasses.field(default_factory=lambda: DbSettings(default_db_url()))
     broker: BrokerSettings = dataclasses.field(default_factory=BrokerSettings)
@@ -88,6 +89,7 @@ class NodeSettings:
             sweep_interval_s=env_float(env, "SWEEP_INTERVAL_S", d.sweep_interval_s),
             sweep_after_s=env_float(env, "SWEEP_AFTER_S", d.sweep_after_s),
             score_lease_s=env_float(env, "SCORE_LEASE_S", d.score_lease_s),
+            commitment_timeout_s=env_float(env, "COMMITMENT_TIMEOUT_S", d.commitment_timeout_s),
             tls=TlsSettings(
                 cert=env_opt_path(env, "TLS_CERT"),
                 key=env_opt_path(env, "TLS_KEY"),

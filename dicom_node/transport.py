@@ -37,7 +37,6 @@ LOGGER = logging.getLogger(__name__)
 PDU_HEADER_LENGTH = 6  # PDU type, reserved, 32-bit length (PS3.8 9.3.1)
 MAX_ASSOCIATE_RQ_LENGTH = 64 * 1024
 UNLIMITED_PDU_CAP = 16 * 1024 * 1024  # TRIAGE_MAX_PDU=0 means "no limit" to pynetdicom
-_CHUNK = 64 * 1024
 
 
 class PduType(enum.IntEnum):
@@ -98,16 +97,19 @@ def read_exactly(sock: socket.socket, nr_bytes: int, deadline: float) -> bytearr
     Each ``recv`` waits only for the time left, so a peer trickling a byte at a time can't
     stretch the read. The socket's timeout is left changed: the caller sets it again.
     """
-    data = bytearray()
-    while len(data) < nr_bytes:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"{len(data)} of {nr_bytes} bytes arrived in time")
-        sock.settimeout(left)
-        chunk = sock.recv(min(nr_bytes - len(data), _CHUNK))
-        if not chunk:
-            break
-        data += chunk
+    data = bytearray(nr_bytes)  # callers cap nr_bytes (PDU caps) before asking
+    got = 0
+    with memoryview(data) as view:
+        while got < nr_bytes:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{got} of {nr_bytes} bytes arrived in time")
+            sock.settimeout(left)
+            count = sock.recv_into(view[got:], nr_bytes - got)  # no copy per chunk
+            if not count:
+                break
+            got += count
+    del data[got:]
     return data
 
 
@@ -215,7 +217,8 @@ class GuardedSocket(AssociationSocket):
         sock = cast(socket.socket, self.socket)
         try:
             deadline = time.monotonic() + self._limits.network_timeout_s
-            return data + read_exactly(sock, nr_bytes - len(data), deadline)
+            rest = read_exactly(sock, nr_bytes - len(data), deadline)
+            return data + rest if data else rest
         finally:
             sock.settimeout(self._limits.network_timeout_s)
 

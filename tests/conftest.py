@@ -51,6 +51,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite's scoring reference is exact torch fp32, in this process and in the worker,
+    node and rescore processes it starts (unset, the commands run ``auto``: a fast path chosen
+    for this CPU). Tests of ``auto``, bf16, int8 and OpenVINO ask for them explicitly."""
+    os.environ.setdefault("TRIAGE_INFERENCE_PRECISION", "fp32")
+    os.environ.setdefault("TRIAGE_INFERENCE_BACKEND", "torch")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Cases on PostgreSQL need a server wherever they live (tests/support/markers.py)."""
     mark_postgresql_cases(items)

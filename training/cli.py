@@ -28,9 +28,11 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="imagenet (hub cache only), none, or a state-dict PATH")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                   help="auto: bf16 autocast on CUDA, fp32 on CPU")
+                   help="auto (default): bf16 autocast where the GPU or CPU computes bf16 "
+                   "natively (AVX512-BF16, AMX), else fp32; bf16 elsewhere is emulated and slow")
     p.add_argument("--num-workers", type=int, help="DataLoader workers (default 0)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default "
+                   "TRIAGE_TRAIN_THREADS, else one per usable core)")
     p.add_argument("--seed", type=int)
     p.add_argument("--target-sensitivity", type=float, help="for the threshold (default 0.95)")
     p.add_argument("--limit", type=int, help="at most N images per class (quick runs)")
@@ -60,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train (or resume) a cross-validation run and write the ensemble directory."""
+    from common.threads import prefer_passive_waits
+
+    prefer_passive_waits()  # before torch loads: OpenMP reads it once (common.threads)
     from common.config import apply_overrides
     from training.cv import run_cross_validation
     from training.outputs import finish_run

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from common.threads import usable_cores
 from training import engine
 from training.data import (
     DEFAULT_CLASSES,
@@ -214,8 +215,12 @@ def save_fold_result(out: Path, result: FoldResult) -> None:
 
 def run_cross_validation(settings: TrainingSettings) -> tuple[Prepared, list[FoldResult]]:
     """Train every unfinished fold; returns the data and all fold results in order."""
-    if settings.threads > 0:
-        torch.set_num_threads(settings.threads)
+    # one thread per usable core unless set (common.threads: with passive waits)
+    torch.set_num_threads(settings.threads if settings.threads > 0 else usable_cores())
+    log.info("torch intra-op threads: %d", torch.get_num_threads())
+    device = engine.resolve_device(settings.device)
+    amp = engine.resolve_amp(settings.precision, device)
+    log.info("%s", engine.describe_precision(amp, settings.precision, device))
     progress = TrainingProgress()
     with progress:
         data = prepare(settings, progress)

@@ -35,7 +35,7 @@ def fold_probabilities(manifest: EnsembleManifest, model_dir: Path, images: torc
     """(folds, N) positive-class probability of every fold model for every image."""
     config = manifest.preprocess_config()
     dev = engine.resolve_device(device)
-    amp = engine.resolve_amp("auto", dev)
+    amp = engine.resolve_amp("auto", dev) if dev.type == "cuda" else None  # exact on CPU
     loader = DataLoader(CachedImages(images, labels, engine.EvalTransform(config)),
                         batch_size=batch_size)
     rows = []

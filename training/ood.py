@@ -45,16 +45,24 @@ TARGET_REJECTION = 0.02  # at most this share of in-distribution images is refus
 SIDECAR_SUFFIX = ".ood.safetensors"
 
 
-def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def stage_outputs(model: nn.Module,
+                  x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward pass of a torchvision ResNet: (pooled features of the four stages
-    (B, 3840), logits (B, C)). The last 2048 are the penultimate layer the head reads."""
+    (B, 3840), logits (B, C), the last stage's feature map (B, 2048, h, w)). The last 2048
+    features are the penultimate layer the head reads."""
     m: Any = model
     x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
     pooled = []
     for stage in (m.layer1, m.layer2, m.layer3, m.layer4):
         x = stage(x)
         pooled.append(torch.flatten(m.avgpool(x), 1))
-    return torch.cat(pooled, dim=1), m.fc(pooled[-1])
+    return torch.cat(pooled, dim=1), m.fc(pooled[-1]), x
+
+
+def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`stage_outputs` without the feature map: (features (B, 3840), logits (B, C))."""
+    pooled, logits, _ = stage_outputs(model, x)
+    return pooled, logits
 
 
 @dataclass(frozen=True)

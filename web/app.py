@@ -58,7 +58,8 @@ def create_app(settings: WebSettings) -> FastAPI:
     app.state.auth = Authenticator(settings, load_secret(settings.secret_key_file))
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.state.templates.env.filters["replace_page"] = _replace_page
-    app.state.registry = build_registry(app.state.sessions, settings.broker)
+    app.state.registry = build_registry(app.state.sessions, settings.broker,
+                                        settings.destination_alert_s)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     for module in (health_api, session, worklist, study, ops, api_routes):
         app.include_router(module.router)

@@ -119,3 +119,37 @@ def storage_free(directory: Path, minimum: int) -> Check:
     return Check("storage", usage.free >= minimum,
                  f"{usage.free / 2**30:.1f} GiB free of {usage.total / 2**30:.1f} GiB "
                  f"in {directory}")
+
+
+@dataclass(frozen=True)
+class DestinationsReport:
+    """The ``destinations`` check, and each failing destination as ``/readyz`` lists it."""
+
+    check: Check
+    failing: list[dict[str, object]]
+
+
+def failing_destinations_check(session: Session, alert_s: float) -> DestinationsReport:
+    """Destinations whose deliveries have been failing (``db.reports.failing_destinations``);
+    the check fails once one has been failing for ``alert_s`` (``TRIAGE_DESTINATION_ALERT_S``).
+    No error text: ``/readyz`` needs no login, and a peer's error comment may quote data."""
+    from db.models import utcnow
+    from db.reports import failing_destinations
+
+    now = utcnow()
+    failing = failing_destinations(session)
+    listed: list[dict[str, object]] = [
+        {"destination": f.destination, "failing_since": f.failing_since.isoformat(),
+         "failing_for_s": round(f.failing_for_s(now)), "alert": f.failing_for_s(now) >= alert_s,
+         "retrying": f.retrying, "failed": f.failed,
+         "next_attempt_at": f.next_attempt_at.isoformat() if f.next_attempt_at else None}
+        for f in failing]
+    alerting = [f for f in listed if f["alert"]]
+    if alerting:
+        detail = "; ".join(f"{f['destination']} failing for {f['failing_for_s']} s"
+                           for f in alerting)
+    elif listed:
+        detail = f"{len(listed)} failing for less than {alert_s:g} s"
+    else:
+        detail = "no destination is failing"
+    return DestinationsReport(Check("destinations", not alerting, detail), listed)

@@ -13,16 +13,21 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.metrics import MULTIPROC_ENV
 from common.queues import BrokerSettings
-from db.models import Delivery, Instance
+from db.models import Delivery, Instance, utcnow
+from db.reports import failing_destinations
 from web.health import queue_depths
 
 
 class PipelineCollector(Collector):
-    """Queue depth from the broker; instances and deliveries by state from the database."""
+    """Queue depth from the broker; instances and deliveries by state and the failing
+    destinations from the database (read at scrape time, so multiprocess mode needs no gauge
+    files for them)."""
 
-    def __init__(self, sessions: sessionmaker[Session], broker: BrokerSettings) -> None:
+    def __init__(self, sessions: sessionmaker[Session], broker: BrokerSettings,
+                 alert_s: float = 900.0) -> None:
         self.sessions = sessions
         self.broker = broker
+        self.alert_s = alert_s
 
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily("triage_queue_depth", "Messages waiting per queue",
@@ -44,9 +49,28 @@ class PipelineCollector(Collector):
                 deliveries.add_metric([str(state)], count)
         yield instances
         yield deliveries
+        yield from self._failing_destinations()
+
+    def _failing_destinations(self) -> Iterator[Metric]:
+        failing_for = GaugeMetricFamily(
+            "triage_destination_failing_seconds",
+            "How long each failing destination's deliveries have been failing",
+            labels=["destination"])
+        alerting = GaugeMetricFamily(
+            "triage_destinations_alerting",
+            "Destinations failing for longer than TRIAGE_DESTINATION_ALERT_S")
+        now = utcnow()
+        with self.sessions() as session:
+            failing = failing_destinations(session)
+        for destination in failing:
+            failing_for.add_metric([destination.destination], destination.failing_for_s(now))
+        alerting.add_metric([], sum(d.failing_for_s(now) >= self.alert_s for d in failing))
+        yield failing_for
+        yield alerting
 
 
-def build_registry(sessions: sessionmaker[Session], broker: BrokerSettings) -> CollectorRegistry:
+def build_registry(sessions: sessionmaker[Session], broker: BrokerSettings,
+                   alert_s: float = 900.0) -> CollectorRegistry:
     """Every process's counters when ``TRIAGE_METRICS_DIR`` is set, else this process's."""
     if os.environ.get(MULTIPROC_ENV):
         from prometheus_client import multiprocess
@@ -56,7 +80,7 @@ def build_registry(sessions: sessionmaker[Session], broker: BrokerSettings) -> C
     else:
         registry = CollectorRegistry()
         registry.register(_Forward())
-    registry.register(PipelineCollector(sessions, broker))
+    registry.register(PipelineCollector(sessions, broker, alert_s))
     return registry
 
 

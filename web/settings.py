@@ -43,6 +43,9 @@ class WebSettings:
     refresh_s : how often the worklist page polls for new rows.
     page_size : worklist rows per page.
     model_dir : the ensemble whose version the health page shows (``TRIAGE_MODEL_DIR``).
+    destination_alert_s : a destination failing for longer than this makes ``/readyz``
+        ``degraded`` and counts in ``triage_destinations_alerting``
+        (``TRIAGE_DESTINATION_ALERT_S``).
     """
 
     host: str = "127.0.0.1"
@@ -58,6 +61,7 @@ class WebSettings:
     refresh_s: float = 10.0
     page_size: int = 50
     model_dir: Path = dataclasses.field(default_factory=lambda: default_var_dir() / "model")
+    destination_alert_s: float = 900.0
     db: DbSettings = dataclasses.field(default_factory=lambda: DbSettings(url="sqlite://"))
     broker: BrokerSettings = dataclasses.field(default_factory=BrokerSettings)
 
@@ -77,6 +81,7 @@ class WebSettings:
             refresh_s=env_float(env, "WEB_REFRESH_S", d.refresh_s),
             page_size=env_int(env, "WEB_PAGE_SIZE", d.page_size),
             model_dir=env_path(env, "MODEL_DIR", d.model_dir),
+            destination_alert_s=env_float(env, "DESTINATION_ALERT_S", d.destination_alert_s),
             db=DbSettings.from_env(env),
             broker=BrokerSettings.from_env(env),
         )

@@ -21,7 +21,7 @@ class ImageView:
     view_position: str | None
     status: str
     status_reason: str | None
-    heatmap_url: str | None = None  # the result image (issue 10); none is recorded yet
+    heatmap_url: str | None = None  # the latest report's result image, when made from this one
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,7 @@ def study_detail(session: Session, uid: str, *, show_phi: bool) -> StudyDetail |
     reports = list(session.scalars(
         select(Report).where(Report.study_id == study.id).order_by(Report.id)))
     revision = {r.id: r.revision for r in reports}
+    overlaid = _result_image_source(reports)
     deliveries: dict[str, list[DeliveryView]] = {}
     if reports:
         for d in session.scalars(select(Delivery).where(Delivery.report_id.in_(revision))
@@ -118,7 +119,9 @@ def study_detail(session: Session, uid: str, *, show_phi: bool) -> StudyDetail |
         study.study_description, study.first_received_at,
         study.patient_name if show_phi else None, study.patient_id if show_phi else None,
         images=[ImageView(i.id, i.sop_instance_uid, i.modality, i.body_part_examined,
-                          i.view_position, str(i.status), i.status_reason) for i in instances],
+                          i.view_position, str(i.status), i.status_reason,
+                          heatmap_url(uid, i.id) if i.id == overlaid else None)
+                for i in instances],
         scores=[ScoreView(s.instance_id, s.model_version, s.probability_mean,
                           s.probability_std, list(s.fold_probabilities), s.threshold,
                           str(s.decision), s.created_at) for s in scores],
@@ -127,6 +130,29 @@ def study_detail(session: Session, uid: str, *, show_phi: bool) -> StudyDetail |
                                 r.created_at) for r in reports],
         deliveries=deliveries,
     )
+
+
+def _result_image_source(reports: list[Report]) -> int | None:
+    """The image the latest report's result image was made from (``None``: it has none)."""
+    latest = reports[-1] if reports else None
+    if latest is None or latest.image_file_path is None:
+        return None
+    return latest.source_instance_id
+
+
+def heatmap_url(uid: str, instance_id: int) -> str:
+    return f"/studies/{uid}/images/{instance_id}/heatmap.png"
+
+
+def result_image_path(session: Session, uid: str, instance_id: int) -> str | None:
+    """The result image file of study ``uid``'s latest report, when it was made from image
+    ``instance_id`` (``None`` otherwise)."""
+    reports = list(session.scalars(
+        select(Report).join(Study, Study.id == Report.study_id)
+        .where(Study.study_instance_uid == uid).order_by(Report.id)))
+    if _result_image_source(reports) != instance_id:
+        return None
+    return reports[-1].image_file_path
 
 
 def image_path(session: Session, uid: str, instance_id: int) -> str | None:

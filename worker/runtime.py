@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.session import make_session_factory
 from training.manifest import EnsembleManifest, load_manifest
 from worker.deliver.delivery import DeliveryOptions
-from worker.deliver.destinations import Destination, parse_destinations
+from worker.deliver.destinations import AnyDestination, parse_destinations
 from worker.engine import make_worker_engine  # re-exported: its old home
 from worker.models.store import live_model_dir
 from worker.report.identity import ModelIdentity, model_identity
@@ -38,7 +38,7 @@ class WorkerContext:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.host = socket.gethostname()
-        self.destinations: dict[str, Destination] = {
+        self.destinations: dict[str, AnyDestination] = {
             d.label: d for d in parse_destinations(settings.destinations)
         }
         self._lock = threading.Lock()
@@ -124,13 +124,16 @@ def report_options(settings: WorkerSettings, host: str) -> ReportOptions:
     return ReportOptions(report_dir=settings.report_dir, quiet_s=settings.study_quiet_s,
                          max_wait_s=settings.report_max_wait_s, worker_host=host,
                          retry_backoff_s=settings.delivery_backoff_s,
-                         retry_backoff_max_s=settings.delivery_backoff_max_s)
+                         retry_backoff_max_s=settings.delivery_backoff_max_s,
+                         result_image=settings.result_image)
 
 
 def delivery_options(settings: WorkerSettings) -> DeliveryOptions:
     """Delivery's options, from the worker settings (the worker and ``rescore``)."""
     return DeliveryOptions(calling_ae=settings.calling_ae,
-                           max_attempts=settings.delivery_max_attempts,
+                           retry_horizon_s=settings.delivery_retry_horizon_s,
                            backoff_s=settings.delivery_backoff_s,
                            backoff_max_s=settings.delivery_backoff_max_s,
-                           lease_s=settings.score_lease_s)
+                           lease_s=settings.score_lease_s,
+                           connect_timeout_s=settings.delivery_connect_timeout_s,
+                           timeout_s=settings.delivery_timeout_s)

@@ -9,6 +9,7 @@ written once, as a field default; ``from_env`` falls back to it.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 from common.config import (
     SettingError,
     default_var_dir,
+    env_bool,
     env_float,
     env_int,
     env_opt_path,
@@ -27,8 +29,22 @@ from common.queues import DEFAULT_SCORE_LEASE_S, BrokerSettings
 from db.settings import DbSettings, default_db_url
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
-BACKENDS = ("torch", "openvino")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+BACKENDS = ("auto", "torch", "openvino")
+# What every command runs with TRIAGE_INFERENCE_PRECISION/_BACKEND unset: the fastest path whose
+# decisions equal fp32 here (worker.score.precision). The field defaults of InferenceSettings
+# are the exact reference (torch fp32) that code building settings by hand compares against.
+ENV_DEFAULT_PRECISION = "auto"
+ENV_DEFAULT_BACKEND = "auto"
+
+
+class ResultImageMode(enum.StrEnum):
+    """``TRIAGE_RESULT_IMAGE``: which reported studies get a result image (Secondary Capture
+    with the heatmap and the result burned in; docs/sr.md)."""
+
+    ALL = "all"
+    FLAGGED = "flagged"  # suspected and indeterminate studies only
+    OFF = "off"
 
 
 @dataclass(frozen=True)
@@ -42,9 +58,15 @@ class InferenceSettings:
     ----------
     device : ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
     torch_threads : intra-op threads per scoring process; 0 keeps torch's default.
-    precision : ``fp32`` (exact reference) or ``bf16`` weights and activations.
-    backend : ``torch`` (reference) or ``openvino`` (one compiled graph, CPU only).
-    openvino_cache_dir : where converted OpenVINO graphs are kept, per model version.
+    precision : ``auto`` (the fastest path whose decisions equal fp32 on this hardware,
+        :mod:`worker.score.precision`; the default from the environment), ``fp32`` (exact
+        reference; the field default), ``bf16`` or ``int8`` (OpenVINO, needs
+        ``cxr-triage model quantize``).
+    backend : ``auto`` (OpenVINO when installed, on the CPU; the default from the
+        environment), ``torch`` (reference; the field default) or ``openvino`` (one compiled
+        graph, CPU only).
+    openvino_cache_dir : where converted OpenVINO graphs (fp32, int8) are kept, per model
+        version.
     exact_margin : with a fast path, images this close to the threshold are rescored in fp32.
     """
 
@@ -62,8 +84,8 @@ class InferenceSettings:
         return cls(
             device=env_str(env, "DEVICE", d.device).lower(),
             torch_threads=env_int(env, "TORCH_THREADS", d.torch_threads),
-            precision=env_str(env, "INFERENCE_PRECISION", d.precision).lower(),
-            backend=env_str(env, "INFERENCE_BACKEND", d.backend).lower(),
+            precision=env_str(env, "INFERENCE_PRECISION", ENV_DEFAULT_PRECISION).lower(),
+            backend=env_str(env, "INFERENCE_BACKEND", ENV_DEFAULT_BACKEND).lower(),
             openvino_cache_dir=env_path(env, "OPENVINO_CACHE_DIR", d.openvino_cache_dir),
             exact_margin=env_float(env, "EXACT_MARGIN", d.exact_margin),
         )
@@ -74,10 +96,10 @@ class InferenceSettings:
             raise SettingError(f"TRIAGE_DEVICE={self.device!r}; use one of {', '.join(DEVICES)}")
         if self.precision not in PRECISIONS:
             raise SettingError(f"TRIAGE_INFERENCE_PRECISION={self.precision!r}; "
-                               "use fp32 or bf16")
+                               f"use one of {', '.join(PRECISIONS)}")
         if self.backend not in BACKENDS:
             raise SettingError(f"TRIAGE_INFERENCE_BACKEND={self.backend!r}; "
-                               "use torch or openvino")
+                               f"use one of {', '.join(BACKENDS)}")
         if self.torch_threads < 0:
             raise SettingError("TRIAGE_TORCH_THREADS must be 0 (torch default) or more")
 
@@ -161,9 +183,20 @@ class WorkerSettings:
     score_batch : images scored together in one forward pass.
     score_concurrency, deliver_concurrency : processes of a worker on those queues.
     score_lease_s : a ``scoring`` claim older than this may be taken over by another task.
-    delivery_max_attempts : C-STORE attempts before a delivery is ``failed``.
+    decode_ahead : while a batch is predicted, claim and decode the next one on a second
+        thread (``worker.score.live``); the default torch threads leave it a core.
+    delivery_retry_horizon_s : a delivery that keeps failing is retried (capped, jittered
+        exponential backoff) until this long after its first failure; then it is ``failed``.
     delivery_backoff_s, delivery_backoff_max_s : exponential backoff base and cap.
+    delivery_connect_timeout_s : TCP connect timeout of C-STORE and STOW-RS peers.
+    delivery_timeout_s : how long a delivery waits for an answer (A-ASSOCIATE-AC at most 30 s,
+        each DIMSE reply, each network read, the HTTP response of a STOW-RS destination without
+        its own ``timeout=``).
+    destination_alert_s : a destination whose deliveries have been failing for longer than this
+        is reported (``deliveries --failing``, ``/readyz``, ``/metrics``).
     calling_ae : the calling AE title of the C-STORE SCU.
+    result_image : which reported studies also get a result image (``all``, ``flagged``:
+        suspected and indeterminate only, ``off``).
     inference : how the ensemble runs (device, threads, precision, backend, ...).
     rescore : ``rescore`` and ``drift`` specifics.
     db, broker : shared with the node.
@@ -183,10 +216,15 @@ class WorkerSettings:
     score_concurrency: int = 1
     deliver_concurrency: int = 2
     score_lease_s: float = DEFAULT_SCORE_LEASE_S
-    delivery_max_attempts: int = 10
+    decode_ahead: bool = True
+    delivery_retry_horizon_s: float = 86400.0
     delivery_backoff_s: float = 5.0
     delivery_backoff_max_s: float = 600.0
+    delivery_connect_timeout_s: float = 10.0
+    delivery_timeout_s: float = 60.0
+    destination_alert_s: float = 900.0
     calling_ae: str = "CXR_TRIAGE"
+    result_image: ResultImageMode = ResultImageMode.FLAGGED
     inference: InferenceSettings = dataclasses.field(default_factory=InferenceSettings)
     rescore: RescoreSettings = dataclasses.field(default_factory=RescoreSettings)
     db: DbSettings = dataclasses.field(default_factory=lambda: DbSettings(default_db_url()))
@@ -194,10 +232,14 @@ class WorkerSettings:
 
     def __post_init__(self) -> None:
         self.inference.check()
-        for name in ("score_batch", "score_concurrency", "deliver_concurrency",
-                     "delivery_max_attempts"):
+        for name in ("score_batch", "score_concurrency", "deliver_concurrency"):
             if getattr(self, name) < 1:
                 raise SettingError(f"TRIAGE_{name.upper()} must be at least 1")
+        if self.delivery_retry_horizon_s < 0:
+            raise SettingError("TRIAGE_DELIVERY_RETRY_HORIZON_S must be 0 (no retries) or more")
+        for name in ("delivery_connect_timeout_s", "delivery_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise SettingError(f"TRIAGE_{name.upper()} must be more than 0")
 
     @property
     def report_dir(self) -> Path:
@@ -222,13 +264,28 @@ class WorkerSettings:
             score_concurrency=env_int(env, "SCORE_CONCURRENCY", d.score_concurrency),
             deliver_concurrency=env_int(env, "DELIVER_CONCURRENCY", d.deliver_concurrency),
             score_lease_s=env_float(env, "SCORE_LEASE_S", d.score_lease_s),
-            delivery_max_attempts=env_int(env, "DELIVERY_MAX_ATTEMPTS", d.delivery_max_attempts),
+            decode_ahead=env_bool(env, "DECODE_AHEAD", d.decode_ahead),
+            delivery_retry_horizon_s=env_float(env, "DELIVERY_RETRY_HORIZON_S",
+                                               d.delivery_retry_horizon_s),
             delivery_backoff_s=env_float(env, "DELIVERY_BACKOFF_S", d.delivery_backoff_s),
             delivery_backoff_max_s=env_float(env, "DELIVERY_BACKOFF_MAX_S",
                                              d.delivery_backoff_max_s),
+            delivery_connect_timeout_s=env_float(env, "DELIVERY_CONNECT_TIMEOUT_S",
+                                                 d.delivery_connect_timeout_s),
+            delivery_timeout_s=env_float(env, "DELIVERY_TIMEOUT_S", d.delivery_timeout_s),
+            destination_alert_s=env_float(env, "DESTINATION_ALERT_S", d.destination_alert_s),
             calling_ae=env_str(env, "CALLING_AE", d.calling_ae),
+            result_image=_result_image_mode(env_str(env, "RESULT_IMAGE", d.result_image)),
             inference=InferenceSettings.from_env(env),
             rescore=RescoreSettings.from_env(env),
             db=DbSettings.from_env(env),
             broker=BrokerSettings.from_env(env),
         )
+
+
+def _result_image_mode(value: str) -> ResultImageMode:
+    try:
+        return ResultImageMode(value.strip().lower())
+    except ValueError:
+        allowed = ", ".join(m.value for m in ResultImageMode)
+        raise SettingError(f"TRIAGE_RESULT_IMAGE={value!r}; use one of {allowed}") from None

@@ -25,12 +25,13 @@ from common.queues import (
 )
 from db.models import DeliveryItem, utcnow
 from db.recovery import schedule_reports
-from worker.deliver.delivery import deliver_report, scu_sender
+from worker.deliver.channels import channel_sender, commitment_hook
+from worker.deliver.delivery import DeliveryKey, deliver_report
 from worker.report.study import report_failed, report_step
 from worker.retry_policy import DB_RETRY
 from worker.runtime import WorkerContext
 from worker.score.ensemble import Ensemble
-from worker.score.live import score_instances
+from worker.score.live import ScoreRun, score_instances
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +61,19 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
               **DB_RETRY)
     def score_instance(self: TriageTask, instance_id: int) -> None:
         token = str(self.request.id or f"local-{instance_id}")
-        context.refresh()  # between batches: follow a newly promoted model
+        context.refresh()  # between tasks: follow a newly promoted model
+
+        def report_later(run: ScoreRun) -> None:  # after each recorded batch
+            _report_due(context.sessions, run.studies, context.settings.study_quiet_s)
+            for study_id in run.studies:
+                app.send_task(TASK_REPORT_STUDY, args=[study_id], queue=QUEUE_DELIVER,
+                              countdown=context.settings.study_quiet_s)
+
         run = score_instances(context.sessions, int(instance_id), token,
-                              lambda: self.ensemble, context.scoring_options())
-        _report_due(context.sessions, run.studies, context.settings.study_quiet_s)
-        for study_id in run.studies:
-            app.send_task(TASK_REPORT_STUDY, args=[study_id], queue=QUEUE_DELIVER,
-                          countdown=context.settings.study_quiet_s)
+                              lambda: self.ensemble, context.scoring_options(),
+                              on_recorded=report_later)
+        if run.noop:  # a redelivered task re-triggers its scored study's report
+            report_later(run)
 
     @app.task(name=TASK_REPORT_STUDY, bind=True, base=TriageTask, context=context, **DB_RETRY)
     def report_study_task(self: TriageTask, study_id: int) -> None:
@@ -79,7 +86,8 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
             outcome = report_step(context.sessions, int(study_id), identity=identity,
                                   model_version=model_version,
                                   destinations=list(context.destinations.values()),
-                                  options=options, only_when_due=True)
+                                  options=options, only_when_due=True,
+                                  ensemble=context.ensemble)
         reports_total().labels(outcome.action.value).inc()
         if outcome.retry_in_s is not None:  # WAIT or RETRY; the study records when, too
             app.send_task(TASK_REPORT_STUDY, args=[study_id], queue=QUEUE_DELIVER,
@@ -92,16 +100,26 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
               **DB_RETRY)
     def deliver_report_task(self: TriageTask, report_id: int, destination: str,
                             item: str = DeliveryItem.SR.value) -> None:
+        options = context.delivery_options()
         result = deliver_report(context.sessions, int(report_id), destination,
                                 destinations=context.destinations,
-                                send=scu_sender(context.settings.calling_ae),
-                                options=context.delivery_options(), only_when_due=True,
-                                item=DeliveryItem(item))
+                                send=channel_sender(context.sessions, options),
+                                options=options, only_when_due=True, item=DeliveryItem(item),
+                                commit=commitment_hook(context.sessions, options))
         deliveries_total().labels(result.state.value if result.state else "unknown").inc()
+        _publish_released(app, result.released)
         if result.retry_in_s is not None:
             # A new message with a countdown; this one is acknowledged. Attempts are counted
             # in the database, so Celery's own retry limit is not used.
             raise self.retry(countdown=result.retry_in_s, max_retries=None)
+
+
+def _publish_released(app: Celery, released: Sequence[DeliveryKey]) -> None:
+    """The destination answers again: its waiting deliveries go now (they are due in the
+    database too, so the reconciler publishes any message lost here)."""
+    for key in released:
+        app.send_task(TASK_DELIVER_REPORT, args=[key.report_id, key.destination, key.item.value],
+                      queue=QUEUE_DELIVER)
 
 
 def _report_due(sessions: sessionmaker[Session], study_ids: Sequence[int], quiet_s: float) -> None:

@@ -93,7 +93,7 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         proc.wait(10)
 
 
-INTEGRATION_MODULES = frozenset({"test_scu.py"})
+INTEGRATION_MODULES = frozenset({"test_scu.py", "test_commitment.py", "test_stow.py"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -189,6 +189,8 @@ def test_peer_status_is_classified(sr_file: Path, status: int, kind: OutcomeKind
     assert outcome.kind is kind, outcome.reason
     assert outcome.status == status
     assert outcome.status_name is not None and outcome.status_name in outcome.reason
+    warned = kind is OutcomeKind.SENT and status != StoreReplyStatus.SUCCESS
+    assert outcome.warning == (outcome.reason if warned else "")  # kept on the sent delivery
 
 
 def test_no_reply_in_time_is_retry(sr_file: Path) -> None:

@@ -41,7 +41,8 @@ def _source(kind: str) -> Dataset:
 
 def _finding(source: Dataset, decision: Decision = Decision.SUSPECTED) -> StudyFinding:
     folds = (0.80, 0.86, 0.90, 0.84, 0.85)
-    return StudyFinding(decision, 0.85, 0.0354, (str(source.SOPInstanceUID),), folds)
+    return StudyFinding(decision, 0.85, 0.0354, (str(source.SOPInstanceUID),), folds,
+                        threshold=0.5)
 
 
 def _text_values(ds: Dataset) -> list[str]:
@@ -75,12 +76,17 @@ def test_sr_is_valid_and_readable(tmp_path: Path, source_kind: str, decision: De
     assert '(840539006,SCT,"COVID-19")' in dump.stdout
     assert f'({EXPECTED_VALUE[decision].value},SCT,' in dump.stdout
     if decision is Decision.NOT_ASSESSABLE:
-        assert '"Probability")' not in dump.stdout and '"Priority")' not in dump.stdout
+        assert '"Probability")' not in dump.stdout and '"Priority' not in dump.stdout
+        assert '"Threshold Value")' not in dump.stdout
         assert any("not assessable: image unlike the training data" in text
                    for text in _text_values(pydicom.dcmread(path)))
     else:
         assert '"Probability")="0.85"' in dump.stdout
+        assert '"Threshold Value")="0.5"' in dump.stdout
+        assert '"Standard Deviation")="0.0354"' in dump.stdout
+        assert '"Fold 5 probability")="0.85"' in dump.stdout
     assert "UNVERIFIED" in dump.stdout
+    assert any("not verified" in text for text in _text_values(pydicom.dcmread(path)))
 
 
 @pytest.mark.parametrize("decision", list(Decision))
@@ -91,25 +97,35 @@ def test_content_reads_back_with_highdicom(tmp_path: Path, decision: Decision) -
         tmp_path / "sr.dcm",
     )
     report: Any = hd.sr.srread(path).content  # the root of a TID 1500 report
-    (group,) = report.get_image_measurement_groups()
-    assert group.finding_type == sr_codes.COVID19
-    values = {ev.name: ev.value for ev in group.get_qualitative_evaluations()}
+    groups = report.get_image_measurement_groups()
+    assert all(group.finding_type == sr_codes.COVID19 for group in groups)
+    result = groups[0]  # the result comes first: decision and priority, no numbers
+    values = {ev.name: ev.value for ev in result.get_qualitative_evaluations()}
     assert values[sr_codes.COVID19] == EXPECTED_VALUE[decision]
+    assert result.get_measurements() == []
+    assert [s.referenced_sop_instance_uid for s in result.source_images] == [
+        source.SOPInstanceUID]
     if decision is Decision.NOT_ASSESSABLE:
-        assert sr_codes.PRIORITY not in values
-        assert group.get_measurements(name=sr_codes.PROBABILITY) == []
+        assert len(groups) == 1 and sr_codes.PRIORITY not in values
         return
     priority = Priority.HIGH if decision is Decision.SUSPECTED else Priority.ROUTINE
     expected_priority = sr_codes.HIGH_PRIORITY if priority is Priority.HIGH else (
         sr_codes.ROUTINE_PRIORITY
     )
     assert values[sr_codes.PRIORITY] == expected_priority
-    measurements = group.get_measurements(name=sr_codes.PROBABILITY)
-    by_derivation = {m.derivation: m.value for m in measurements if m.derivation is not None}
-    assert by_derivation[sr_codes.MEAN] == pytest.approx(0.85)
-    assert by_derivation[sr_codes.STANDARD_DEVIATION] == pytest.approx(0.0354)
-    assert len(measurements) == 2 + 5  # mean, std and one per fold
+    summary, folds = groups[1:]
+    named = [(m.name, m.value, m.derivation) for m in summary.get_measurements()]
+    assert named == [(sr_codes.PROBABILITY, pytest.approx(0.85), sr_codes.MEAN),
+                     (sr_codes.THRESHOLD, pytest.approx(0.5), None),
+                     (sr_codes.STANDARD_DEVIATION, pytest.approx(0.0354), None)]
+    assert [(m.name.meaning, m.value) for m in folds.get_measurements()] == [
+        (f"Fold {n} probability", pytest.approx(p))
+        for n, p in enumerate((0.80, 0.86, 0.90, 0.84, 0.85), start=1)]
+    measurements = summary.get_measurements() + folds.get_measurements()
     assert all(m.unit == sr_codes.UNITLESS for m in measurements)
+    versions = [item.TextValue for g in (summary, folds) for item in g[0].ContentSequence
+                if item.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Version"]
+    assert versions == [MODEL.version] * 2  # TID 4019 in both numeric groups
 
 
 def test_patient_and_study_copied_with_new_series(tmp_path: Path) -> None:
@@ -127,9 +143,14 @@ def test_patient_and_study_copied_with_new_series(tmp_path: Path) -> None:
     assert back.Modality == "SR"
     assert back.VerificationFlag == "UNVERIFIED"
     assert back.CompletionFlag == "COMPLETE"
-    assert back.SeriesNumber == DEFAULT_SERIES_NUMBER
+    assert back.SeriesNumber == DEFAULT_SERIES_NUMBER == 9901
+    assert back.InstanceNumber == 1
     assert back.InstitutionName == "Test Hospital"
-    assert "AI" in back.SeriesDescription and "not verified" in back.SeriesDescription
+    assert back.SeriesDescription == "AI COVID-19 triage: SUSPECTED - HIGH PRIORITY"
+    assert back.SeriesDate == back.ContentDate and back.SeriesTime == back.ContentTime
+    assert back.ContentDate and back.ContentTime
+    (scheme,) = back.CodingSchemeIdentificationSequence
+    assert scheme.CodingSchemeDesignator == sr_codes.LOCAL_SCHEME
 
 
 def test_only_scored_images_are_referenced(tmp_path: Path) -> None:
@@ -146,8 +167,8 @@ def test_only_scored_images_are_referenced(tmp_path: Path) -> None:
             for s in study_item.ReferencedSeriesSequence for i in s.ReferencedSOPSequence]
     assert refs == [scored.SOPInstanceUID]
     report: Any = hd.sr.Comprehensive3DSR.from_dataset(back).content
-    (group,) = report.get_image_measurement_groups()
     sources = [item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+               for group in report.get_image_measurement_groups()
                for item in group[0].ContentSequence if item.ValueType == "IMAGE"]
     assert sources == [scored.SOPInstanceUID]
     assert lateral.SOPInstanceUID not in str(back)
@@ -197,8 +218,8 @@ def test_not_for_clinical_use_is_stated(tmp_path: Path) -> None:
     path = write_sr(build_triage_sr([source], _finding(source), research, manufacturer="t"),
                     tmp_path / "sr.dcm")
     back = pydicom.dcmread(path)
-    assert "NOT FOR CLINICAL USE" in back.SeriesDescription
-    assert len(back.SeriesDescription) <= 64
+    assert back.SeriesDescription == "AI COVID-19 triage: SUSPECTED - HIGH PRIORITY - RESEARCH"
+    assert "NOT FOR CLINICAL USE - not verified" in _text_values(back)
     dump = subprocess.run([require_tool("dsrdump"), str(path)], capture_output=True, text=True)
     assert '"Algorithm Parameters")="NOT FOR CLINICAL USE"' in dump.stdout
 

@@ -76,6 +76,7 @@ def cli_env(tmp_path: Path, db_url: str, model_dir: Path, **extra: str) -> dict[
         "TRIAGE_DEVICE": "cpu",
         "TRIAGE_RESCORE_WORKERS": "1",
         "TRIAGE_RESCORE_BATCH": "4",
+        "TRIAGE_RESULT_IMAGE": "off",  # SRs only (tests/worker/test_result_image_report.py)
         **extra,
     }
 

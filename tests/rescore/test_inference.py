@@ -1,4 +1,5 @@
-"""Re-scoring loads the ensemble as live scoring does: the configured precision and backend.
+"""Re-scoring loads the ensemble as live scoring does: the configured precision and backend
+(``auto`` and int8 included).
 
 Local re-scoring (``load_model`` for ``score_local``) and the distributed task's ensemble cache
 both go through ``Ensemble.load(model_dir, settings.inference)``; before, both dropped
@@ -16,14 +17,17 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.hardware import detect
 from common.queues import TASK_RESCORE_BATCH, BrokerSettings, make_celery
 from db.models import Instance, Score
 from db.settings import DbSettings
 from tests.worker.conftest import AddInstance, load_cpu
+from tests.worker.int8_support import quantized_ensemble
 from worker.rescore.modes import SendMode
 from worker.rescore.run import RescoreRequest, load_model, run_rescore
 from worker.rescore.task import register_rescore_task
 from worker.runtime import WorkerContext
+from worker.score.precision import choose_precision
 from worker.settings import InferenceSettings, RescoreSettings, WorkerSettings
 
 BF16 = InferenceSettings(device="cpu", precision="bf16", exact_margin=0.0)
@@ -108,3 +112,50 @@ def test_distributed_task_loads_with_the_worker_inference_settings(
     batch = torch.stack([model.preprocess(p) for p in _files(sessions, ids)])
     assert _recorded_means(sessions, ids) == pytest.approx(list(model.predict(batch).mean),
                                                            abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> tuple[Path, Path]:
+    """A tiny ensemble and the cache holding its int8 graph (NNCF, real training images)."""
+    model_dir, cache, graph = quantized_ensemble(tmp_path_factory.mktemp("int8"), shared_data)
+    assert graph.ready, graph.reason
+    return model_dir, cache
+
+
+def test_rescore_loads_auto_and_int8_as_live_scoring_does(quantized: tuple[Path, Path]) -> None:
+    model_dir, cache = quantized
+    auto = load_model(model_dir, WorkerSettings(inference=InferenceSettings(
+        device="cpu", precision="auto", backend="auto", openvino_cache_dir=cache)))
+    expected = choose_precision("auto", "auto", device="cpu", caps=detect(), openvino=True,
+                                int8_ready=True, int8_reason="")
+    assert (auto.precision, auto.backend) == (expected.precision, expected.backend)
+    assert auto.runner is not None  # every CPU gets a fast path here: OpenVINO is installed
+    int8 = load_model(model_dir, WorkerSettings(inference=InferenceSettings(
+        device="cpu", precision="int8", backend="auto", openvino_cache_dir=cache)))
+    assert (int8.precision, int8.backend, int8.runner is not None) == ("int8", "openvino", True)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_local_rescore_scores_in_int8(sessions: sessionmaker[Session], add_instance: AddInstance,
+                                      quantized: tuple[Path, Path]) -> None:
+    model_dir, cache = quantized
+    ids = [add_instance(generate_uid(), seed=i) for i in range(3)]
+    int8 = InferenceSettings(device="cpu", precision="int8", backend="auto",
+                             openvino_cache_dir=cache, exact_margin=0.0)
+    worker = WorkerSettings(model_dir=model_dir, inference=int8,
+                            rescore=RescoreSettings(loader_workers=0))
+
+    def no_broker() -> Celery:
+        raise AssertionError("a local run with --send none publishes nothing")
+
+    result = run_rescore(sessions, RescoreRequest(model_dir=model_dir, send=SendMode.NONE),
+                         worker=worker, broker=no_broker)
+
+    assert result.exit_code == 0 and result.scored_now == 3
+    model = load_cpu(model_dir, precision="int8", backend="auto", openvino_cache_dir=cache,
+                     exact_margin=0.0)
+    batch = torch.stack([model.preprocess(p) for p in _files(sessions, ids)])
+    fp32 = load_cpu(model_dir).predict(batch).mean
+    recorded = _recorded_means(sessions, ids)
+    assert recorded == pytest.approx(list(model.predict(batch).mean), abs=1e-6)
+    assert max(abs(a - b) for a, b in zip(recorded, fp32, strict=True)) > 1e-5

@@ -6,27 +6,45 @@ off instead: the REST API refuses remote clients (``RemoteAccessAllowed``
 false) and C-STORE is accepted only from the listed calling AE titles
 connecting from 127.0.0.1 (``DicomModalities`` with ``DicomCheckModalityHost``).
 The server can be stopped or killed and started again on the same ports and
-storage, to play "PACS down, then back".
+storage, to play "PACS down, then back". With :class:`DicomWeb` it loads the Debian
+``orthanc-dicomweb`` plugin (STOW-RS at ``/dicom-web/studies``), optionally behind HTTP basic
+authentication and Lua request filters. (Orthanc 1.10's own HTTPS crashes with OpenSSL 3 on
+the first handshake; tests put a TLS-terminating ``tests.support.servers.TcpProxy`` in front.)
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 class OrthancError(RuntimeError):
     """Orthanc could not be started or answered unexpectedly."""
+
+
+@dataclass(frozen=True)
+class DicomWeb:
+    """Orthanc's DICOMweb plugin, served at ``/dicom-web/``.
+
+    ``users`` (user name to password) turns on HTTP basic authentication (``RegisteredUsers``);
+    ``lua_scripts`` are loaded too (e.g. an ``IncomingHttpRequestFilter``).
+    """
+
+    users: Mapping[str, str] = field(default_factory=dict)
+    lua_scripts: tuple[Path, ...] = ()
 
 
 def free_port() -> int:
@@ -47,6 +65,10 @@ class OrthancServer:
         Orthanc's own (called) AE title; it checks the called AE title.
     allowed_callers
         Calling AE titles allowed to store, from 127.0.0.1 only.
+    modality_ports
+        Where Orthanc reaches a caller (its DICOM port on 127.0.0.1), by AE title: Orthanc
+        sends the N-EVENT-REPORT of a Storage Commitment request there, on an association of
+        its own. Callers not listed get port 104 (nothing listens there).
     """
 
     def __init__(
@@ -55,12 +77,16 @@ class OrthancServer:
         *,
         aet: str = "ORTHANC",
         allowed_callers: Sequence[str] = ("CXR_TRIAGE",),
+        modality_ports: Mapping[str, int] | None = None,
+        dicomweb: DicomWeb | None = None,
         binary: Path = ORTHANC_BINARY,
         startup_timeout: float = 60.0,
     ) -> None:
         self.workdir = Path(workdir)
         self.aet = aet
         self.allowed_callers = tuple(allowed_callers)
+        self.modality_ports = dict(modality_ports or {})
+        self.dicomweb = dicomweb
         self.binary = binary
         self.startup_timeout = startup_timeout
         self.http_port = free_port()
@@ -73,13 +99,35 @@ class OrthancServer:
         return f"http://127.0.0.1:{self.http_port}"
 
     @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb service root (STOW-RS posts to ``{dicomweb_url}/studies``)."""
+        return f"{self.rest_url}/dicom-web"
+
+    def _dicomweb_config(self) -> dict[str, Any]:
+        if self.dicomweb is None:
+            return {}
+        if not DICOMWEB_PLUGIN.exists():
+            raise OrthancError(f"{DICOMWEB_PLUGIN} not found; install the Debian package "
+                               "'orthanc-dicomweb'")
+        web = self.dicomweb
+        config: dict[str, Any] = {
+            "Plugins": [str(DICOMWEB_PLUGIN)],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
+            "AuthenticationEnabled": bool(web.users),
+            "RegisteredUsers": dict(web.users),
+            "LuaScripts": [str(path) for path in web.lua_scripts],
+        }
+        return config
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
     def config(self) -> dict[str, Any]:
         """The Orthanc configuration this server runs with."""
         modalities = {
-            f"caller{i}": {"AET": caller, "Host": "127.0.0.1", "Port": 104, "AllowStore": True}
+            f"caller{i}": {"AET": caller, "Host": "127.0.0.1",
+                           "Port": self.modality_ports.get(caller, 104), "AllowStore": True}
             for i, caller in enumerate(self.allowed_callers)
         }
         return {
@@ -104,6 +152,7 @@ class OrthancServer:
             "StorageCompression": False,
             "ConcurrentJobs": 1,
             "DicomAssociationCloseDelay": 0,
+            **self._dicomweb_config(),
         }
 
     def start(self) -> OrthancServer:
@@ -173,6 +222,10 @@ class OrthancServer:
         return self._request(urllib.request.Request(self.rest_url + path, data=body, method="POST"))
 
     def _request(self, request: urllib.request.Request) -> Any:
+        if self.dicomweb is not None and self.dicomweb.users:
+            user, password = next(iter(self.dicomweb.users.items()))
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return json.loads(response.read() or b"null")

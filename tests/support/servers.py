@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -71,11 +72,17 @@ class RedisServer:
 
 
 class TcpProxy:
-    """Forwards a loopback port to a target; ``stop()`` makes the target look down."""
+    """Forwards a loopback port to a target; ``stop()`` makes the target look down.
 
-    def __init__(self, target_port: int, port: int | None = None) -> None:
+    With ``tls`` (a server-side context) it terminates TLS, as a reverse proxy in front of a
+    PACS does: clients speak TLS to the proxy, the target sees plain TCP.
+    """
+
+    def __init__(self, target_port: int, port: int | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.target_port = target_port
         self.port = port or free_port()
+        self.tls = tls
         self._listener: socket.socket | None = None
         self._connections: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -109,6 +116,14 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self.tls is not None:
+                try:
+                    client.settimeout(10)
+                    client = self.tls.wrap_socket(client, server_side=True)
+                    client.settimeout(None)
+                except (OSError, ssl.SSLError):
+                    client.close()
+                    continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port))
             except OSError:
@@ -126,3 +141,40 @@ class TcpProxy:
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
+
+
+class SilentServer:
+    """Accepts TCP connections on a loopback port and never answers (a hung peer).
+
+    ``accepted`` counts the connections made to it.
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._connections: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def accepted(self) -> int:
+        return len(self._connections)
+
+    def __enter__(self) -> SilentServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for conn in self._connections:
+            conn.close()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        self._listener.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                self._connections.append(self._listener.accept()[0])
+            except TimeoutError:
+                continue

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import pickle
 
 import pytest
 import torch
 
+from common.hardware import Capabilities
 from training.engine import (
     EvalTransform,
     TrainTransform,
     build_optimizer,
     cosine_with_warmup,
+    describe_precision,
     resolve_amp,
 )
 from training.model import build_resnet50
@@ -58,7 +61,24 @@ def test_warmup_then_cosine_to_zero() -> None:
     assert lrs[-1] < 0.05
 
 
-def test_bf16_only_where_asked() -> None:
-    assert resolve_amp("auto", torch.device("cpu")) is None
-    assert resolve_amp("bf16", torch.device("cpu")) is torch.bfloat16
-    assert resolve_amp("auto", torch.device("cuda")) is torch.bfloat16
+ZEN3 = Capabilities("AMD EPYC (Zen 3)", 2, frozenset({"avx2"}))
+ZEN4 = Capabilities("AMD EPYC (Zen 4)", 2, frozenset({"avx2", "avx512f", "avx512_bf16",
+                                                      "avx512_vnni"}))
+AMPERE = Capabilities("x", 2, frozenset({"avx2"}), gpu="A100", gpu_capability=(8, 0),
+                      gpu_bf16=True)
+TURING = Capabilities("x", 2, frozenset({"avx2"}), gpu="T4", gpu_capability=(7, 5))
+
+
+def test_auto_takes_bf16_only_where_the_hardware_has_it(caplog: pytest.LogCaptureFixture
+                                                        ) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_amp("auto", cpu, ZEN3) is None  # emulated bf16: 11 min an epoch
+    assert resolve_amp("auto", cpu, ZEN4) is torch.bfloat16
+    assert resolve_amp("auto", cuda, AMPERE) is torch.bfloat16
+    assert resolve_amp("auto", cuda, TURING) is None
+    assert resolve_amp("fp32", cpu, ZEN4) is None
+    assert "training precision fp32 (auto: no native bf16" in describe_precision(
+        None, "auto", cpu, ZEN3)
+    with caplog.at_level(logging.WARNING):
+        assert resolve_amp("bf16", cpu, ZEN3) is torch.bfloat16  # asked for: honoured, loudly
+    assert "NO native bf16" in caplog.text

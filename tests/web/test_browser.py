@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -78,7 +79,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                            model_dir=model, storage_dir=node.storage,
                            destinations=f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
                            env={"TRIAGE_CALLING_AE": CALLING_AE,
-                                "TRIAGE_DELIVERY_MAX_ATTEMPTS": "1"})
+                                "TRIAGE_DELIVERY_RETRY_HORIZON_S": "0",
+                                "TRIAGE_RESULT_IMAGE": "flagged"})
     web = None
     driver = None
     try:
@@ -102,7 +104,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def _wait(stack: Stack, predicate: object, timeout: float, what: str) -> None:
     try:
-        WebDriverWait(stack.driver, timeout, poll_frequency=0.5).until(predicate)  # type: ignore[arg-type]
+        # A row the page's refresh replaced mid-check is stale: look again next poll.
+        WebDriverWait(stack.driver, timeout, poll_frequency=0.5,
+                      ignored_exceptions=(StaleElementReferenceException,)
+                      ).until(predicate)  # type: ignore[arg-type]
     except Exception as exc:
         raise AssertionError(f"{what}:\n{stack.logs()}") from exc
 
@@ -148,12 +153,37 @@ def test_the_study_page_shows_the_image_and_the_fold_chart(stack: Stack) -> None
     assert chart.size["width"] > 0 and chart.size["height"] > 0
     assert driver.find_element(By.ID, "decision").text == "suspected"
     assert "TESTPATIENT^SECRET" in driver.find_element(By.ID, "patient-name").text
-    assert not driver.find_elements(By.CSS_SELECTOR, ".overlay-toggle")  # no heatmap yet
+
+
+def test_the_heatmap_overlay_toggles_over_the_image(stack: Stack) -> None:
+    driver = stack.driver
+    page = f"{stack.web.url}/studies/{stack.live_uid}"
+
+    def toggle_shown(d: webdriver.Chrome) -> bool:  # once the report with its image is written
+        d.get(page)
+        return bool(d.find_elements(By.CSS_SELECTOR, ".overlay-toggle"))
+
+    _wait(stack, toggle_shown, 90, "the heatmap toggle (the report's result image)")
+    heatmap = driver.find_element(By.CSS_SELECTOR, "img.heatmap")
+    radiograph = driver.find_element(By.CSS_SELECTOR, "img.radiograph")
+    assert not heatmap.is_displayed()
+    driver.find_element(By.CSS_SELECTOR, ".overlay-toggle").click()
+    _wait(stack, lambda d: d.execute_script(
+        "const h = document.querySelector('img.heatmap');"
+        "return !h.hidden && h.complete && h.naturalWidth > 0;"), 30, "the overlay to load")
+    assert heatmap.is_displayed()
+    assert heatmap.size == radiograph.size  # laid exactly over the radiograph
+    assert driver.execute_script(  # the result image is 1024 px on its long side
+        "const h = document.querySelector('img.heatmap');"
+        "return Math.max(h.naturalWidth, h.naturalHeight);") == 1024
+    driver.find_element(By.CSS_SELECTOR, ".overlay-toggle").click()
+    assert not heatmap.is_displayed()
 
 
 def test_an_admin_redelivers_a_failed_delivery_and_orthanc_receives_it(stack: Stack) -> None:
     wait_until(lambda: [r[0] for r in query(stack.db_url, "SELECT state FROM delivery")]
-               == ["failed"], 120, "the delivery to fail (Orthanc is down)", stack.logs)
+               == ["failed", "failed"], 120, "the SR's and the result image's deliveries to "
+               "fail (Orthanc is down)", stack.logs)
     stack.orthanc.start()
     driver = stack.driver
     driver.get(f"{stack.web.url}/ops/deliveries")
@@ -162,10 +192,10 @@ def test_an_admin_redelivers_a_failed_delivery_and_orthanc_receives_it(stack: St
     first.find_element(By.CSS_SELECTOR, "button.redeliver").click()
     _wait(stack, lambda d: "queued again" in d.find_element(By.ID, "message").text, 30,
           "the redeliver confirmation")
-    wait_until(lambda: len(stack.orthanc.instances()) == 1, 120, "Orthanc to receive the SR",
-               stack.logs)
+    wait_until(lambda: len(stack.orthanc.instances()) == 2, 120,
+               "Orthanc to receive the SR and the result image", stack.logs)
     wait_until(lambda: [r[0] for r in query(stack.db_url, "SELECT state FROM delivery")]
-               == ["sent"], 60, "the delivery to be recorded as sent", stack.logs)
+               == ["sent", "sent"], 60, "the deliveries to be recorded as sent", stack.logs)
 
 
 def test_a_post_without_the_csrf_token_is_refused(stack: Stack) -> None:

@@ -137,6 +137,7 @@ def delivery_opts(**changes: Any) -> DeliveryOptions:
 
 
 INTEGRATION_MODULES = frozenset({"test_up.py", "test_worker_e2e.py", "test_recovery.py",
+                                 "test_delivery_outage.py",
                                  "test_gate_e2e.py"})
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from worker.deliver.cstore import DeliveryOutcome, OutcomeKind
-from worker.deliver.destinations import Destination
+from worker.deliver.delivery import Outgoing
 from worker.score.ensemble import BatchPrediction
 
 
@@ -46,8 +46,9 @@ class RecordingSender:
         self.outcomes = list(outcomes)
         self.calls: list[tuple[Path, str]] = []
 
-    def __call__(self, path: Path, destination: Destination) -> DeliveryOutcome:
-        self.calls.append((path, destination.label))
+    def __call__(self, outgoing: Outgoing) -> DeliveryOutcome:
+        destination = outgoing.destination
+        self.calls.append((outgoing.path, destination.label))
         if destination.shadow:
             return DeliveryOutcome(OutcomeKind.SHADOW, "shadow", destination=destination.label)
         kind = self.outcomes.pop(0) if self.outcomes else OutcomeKind.SENT

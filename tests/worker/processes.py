@@ -42,6 +42,9 @@ class WorkerProcess:
             "TRIAGE_DEVICE": "cpu",
             "TRIAGE_DELIVERY_BACKOFF_S": "1",
             "TRIAGE_DELIVERY_BACKOFF_MAX_S": "2",
+            # SRs only unless a test asks for result images (tests/integration/
+            # test_result_image_pacs.py, tests/web/test_browser.py): counts stay exact.
+            "TRIAGE_RESULT_IMAGE": "off",
             **(env or {}),
         }
         args = ("worker", "--concurrency", "2")

@@ -81,7 +81,7 @@ def test_bf16_inference_close_to_fp32(tiny_ensemble: Path) -> None:
 
 
 def test_unknown_precision_is_refused(tiny_ensemble: Path) -> None:
-    with pytest.raises(EnsembleError, match="fp32 or bf16"):
+    with pytest.raises(EnsembleError, match="'int3'"):
         Ensemble.load(tiny_ensemble, InferenceSettings(precision="int3"))
 
 

@@ -41,8 +41,8 @@ from tests.worker.conftest import AddInstance, delivery_opts, report_opts, scori
 from tests.worker.fakes import FixedPredictor
 from tests.worker.processes import WorkerProcess, query, wait_until
 from worker.deliver.cstore import DeliveryOutcome, OutcomeKind
-from worker.deliver.delivery import DeliveryResult, deliver_report
-from worker.deliver.destinations import Destination, parse_destinations
+from worker.deliver.delivery import DeliveryResult, Outgoing, deliver_report
+from worker.deliver.destinations import parse_destinations
 from worker.report.identity import ModelIdentity
 from worker.report.study import ReportAction, report_failed, report_step
 from worker.score.live import score_instances
@@ -308,11 +308,11 @@ class RaisingSender:
         self.errors = list(errors)
         self.calls = 0
 
-    def __call__(self, path: Path, destination: Destination) -> DeliveryOutcome:
+    def __call__(self, outgoing: Outgoing) -> DeliveryOutcome:
         self.calls += 1
         if self.errors:
             raise self.errors.pop(0)
-        return DeliveryOutcome(OutcomeKind.SENT, "sent", destination=destination.label)
+        return DeliveryOutcome(OutcomeKind.SENT, "sent", destination=outgoing.destination.label)
 
 
 def test_whatever_a_delivery_raises_is_recorded(
@@ -322,7 +322,7 @@ def test_whatever_a_delivery_raises_is_recorded(
     with sessions() as session:
         report_id = session.scalars(select(Report.id)).one()
     targets = {d.label: d for d in DESTINATIONS}
-    options = delivery_opts(backoff_s=30, backoff_max_s=30, lease_s=60)
+    options = delivery_opts(backoff_s=30, backoff_max_s=30, lease_s=60, jitter=0.0)
     sender = RaisingSender(OSError(28, "No space left on device"), ValueError("a bug"))
 
     def attempt(only_when_due: bool = True) -> DeliveryResult:

@@ -100,9 +100,13 @@ def test_quiet_study_gets_one_report_and_a_late_image_a_new_revision(
     assert (rev2.revision, rev2.decision, rev2.priority) == (2, "suspected", "HIGH")
     assert rev2.predecessor_id == rev1.id and rev2.source_instance_id == late
     assert rev2.probability_mean == pytest.approx(0.9) and rev2.scored_instance_count == 2
-    assert rev2.sr_series_instance_uid == rev1.sr_series_instance_uid
+    # Each revision is a series of its own, numbered in the study's order of reports.
+    assert rev2.sr_series_instance_uid != rev1.sr_series_instance_uid
+    assert (rev1.sr_series_number, rev2.sr_series_number) == (9901, 9902)
     sr = dcmread(rev2.file_path)
     assert sr.SOPInstanceUID == rev2.sr_sop_instance_uid and sr.StudyInstanceUID == study_uid
+    assert (sr.SeriesInstanceUID, sr.SeriesNumber) == (rev2.sr_series_instance_uid, 9902)
+    assert sr.SeriesDescription == "AI COVID-19 triage rev 2: SUSPECTED - HIGH PRIORITY - RESEARCH"
     predecessor = sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
     assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
         rev1.sr_sop_instance_uid)
@@ -131,7 +135,7 @@ def test_priority_is_not_lowered_after_high_was_sent(
     _report(sessions, study, options)
     (rev1,) = _reports(sessions)
     sender = RecordingSender()
-    delivery = delivery_opts(max_attempts=3)
+    delivery = delivery_opts()
     destinations = {d.label: d for d in DESTINATIONS}
     for label in (PACS, SHADOW):
         deliver_report(sessions, rev1.id, label, destinations=destinations, send=sender,
@@ -167,17 +171,24 @@ def test_retries_then_failed_then_redelivered(
     (report,) = _reports(sessions)
     destinations = {d.label: d for d in DESTINATIONS}
     sender = RecordingSender(OutcomeKind.RETRY, OutcomeKind.RETRY, OutcomeKind.RETRY)
-    delivery = delivery_opts(max_attempts=3, backoff_s=2, backoff_max_s=3)
+    delivery = delivery_opts(retry_horizon_s=3600, backoff_s=2, backoff_max_s=3, jitter=0.0)
 
     waits = []
-    for _ in range(3):
+    for attempt in range(3):
+        if attempt == 2:  # the retry horizon (1 h) has passed since the first failure
+            with sessions.begin() as session:
+                row = session.scalars(select(Delivery)
+                                      .where(Delivery.destination == PACS)).one()
+                assert row.failing_since is not None
+                row.failing_since = utcnow() - dt.timedelta(hours=2)
         result = deliver_report(sessions, report.id, PACS, destinations=destinations,
                                 send=sender, options=delivery)
         waits.append(result.retry_in_s)
         row = _deliveries(sessions)[(report.id, PACS)]
         assert row.attempts == len(waits)
     assert waits == [2, 3, None]
-    assert row.state == "failed" and "gave up after 3 attempts" in (row.last_error or "")
+    assert row.state == "failed" and "gave up after 3 attempts over 2.0 h" in (row.last_error or "")
+    assert row.failing_since is not None
     # A failed delivery is final for a redelivered task ...
     deliver_report(sessions, report.id, PACS, destinations=destinations, send=sender,
                    options=delivery)
@@ -214,3 +225,7 @@ def test_pipeline_sr_validates_with_dciodvfy(
     errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
     assert errors == []
     assert report.decision == "not_suspected" and report.source_instance_id == ids[1]
+    dump = subprocess.run([require_tool("dsrdump"), report.file_path], capture_output=True,
+                          text=True).stdout
+    assert '"Probability")="0.45"' in dump  # the result's image ...
+    assert '"Threshold Value")="0.5"' in dump  # ... against the threshold its score used

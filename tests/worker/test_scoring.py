@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from db.models import Instance, InstanceStatus, Score, ScoreClaim, utcnow
 from db.scores import claim_lead, claim_more
 from tests.worker.conftest import AddInstance, load_cpu, scoring_options
 from worker.score.ensemble import Ensemble
-from worker.score.live import score_instances
+from worker.score.live import ScoreRun, score_instances
 
 OPTIONS = scoring_options("test", score_batch=8, indeterminate_std=1.0)
 
@@ -64,10 +65,19 @@ def test_batch_size_limits_the_claim(
     sessions: sessionmaker[Session], add_instance: AddInstance, ensemble: Ensemble
 ) -> None:
     ids = [add_instance(generate_uid(), seed=i) for i in range(3)]
-    run = score_instances(sessions, ids[2], "t", lambda: ensemble,
-                          scoring_options(score_batch=2, indeterminate_std=1.0))
-    assert len(run.claimed) == 2 and ids[2] in run.claimed
+    options = scoring_options(score_batch=2, indeterminate_std=1.0)
+    one_batch = score_instances(sessions, ids[2], "t", lambda: ensemble,
+                                dataclasses.replace(options, max_batches=1))
+    assert len(one_batch.claimed) == 2 and ids[2] in one_batch.claimed
     assert list(_statuses(sessions).values()).count("queued") == 1
+
+    # a task goes on with further batches of what is queued (worker.score.live)
+    batches: list[ScoreRun] = []
+    more = [add_instance(generate_uid(), seed=5 + i) for i in range(2)]
+    run = score_instances(sessions, more[0], "t2", lambda: ensemble, options,
+                          on_recorded=batches.append)
+    assert [len(b.claimed) for b in batches] == [2, 1]
+    assert set(_statuses(sessions).values()) == {"scored"} and len(run.scored) == 3
 
 
 def test_an_undecodable_image_is_failed_with_its_reason(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,12 @@ from worker.settings import InferenceSettings, RescoreSettings, WorkerSettings
 
 
 def test_from_env_without_variables_is_the_field_defaults() -> None:
-    assert WorkerSettings.from_env({}) == WorkerSettings()
+    # one exception: unset TRIAGE_INFERENCE_PRECISION/_BACKEND mean auto (the fastest path
+    # with fp32 decisions here); the fields default to the exact reference, torch fp32
+    from_env = WorkerSettings.from_env({})
+    assert (from_env.inference.precision, from_env.inference.backend) == ("auto", "auto")
+    assert from_env == dataclasses.replace(WorkerSettings(), inference=dataclasses.replace(
+        InferenceSettings(), precision="auto", backend="auto"))
     assert BrokerSettings.from_env({}) == BrokerSettings()
     defaults = WorkerSettings()
     assert (defaults.inference.precision, defaults.inference.backend) == ("fp32", "torch")

@@ -75,6 +75,7 @@ class UpProcess:
             "TRIAGE_DELIVERY_BACKOFF_S": "1",
             "TRIAGE_DELIVERY_BACKOFF_MAX_S": "2",
             "TRIAGE_DESTINATIONS": destinations,
+            "TRIAGE_RESULT_IMAGE": "off",  # SRs only: the PACS counts stay exact
         }
         self.env.pop("TRIAGE_BROKER_URL", None)
         self.log_path = tmp_path / "up.log"

@@ -18,6 +18,7 @@ from web.audit import audit, recent
 from web.auth import AdminUser, DbSession, client_address
 from web.health import (
     database_ready,
+    failing_destinations_check,
     live_model,
     node_echo,
     queue_depths,
@@ -88,7 +89,8 @@ def health(request: Request, session: DbSession, principal: AdminUser) -> Respon
     workers = workers_answering(settings.broker)
     checks = [database_ready(request.app.state.engine), node_echo(node),
               live_model(session, settings.model_dir),
-              storage_free(node.storage_dir, node.min_free_bytes)]
+              storage_free(node.storage_dir, node.min_free_bytes),
+              failing_destinations_check(session, settings.destination_alert_s).check]
     return render(request, "health.html", principal, checks=checks, workers=workers,
                   depths=queue_depths(settings.broker))
 

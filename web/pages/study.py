@@ -12,9 +12,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from training.errors import TrainingError
 from web.audit import audit
 from web.auth import AdminUser, CurrentUser, DbSession, client_address
-from web.images import render_png
+from web.images import render_png, render_result_png
 from web.pages import render
-from web.study import image_path, study_detail
+from web.study import image_path, result_image_path, study_detail
 from worker.deliver.requeue import redeliver
 
 LOGGER = logging.getLogger(__name__)
@@ -48,6 +48,25 @@ def study_image(uid: str, instance_id: int, request: Request, session: DbSession
     except TrainingError as exc:
         LOGGER.warning("instance %d: cannot render: %s", instance_id, type(exc).__name__)
         raise HTTPException(422, "the image can't be decoded") from exc
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
+@router.get("/studies/{uid}/images/{instance_id}/heatmap.png")
+def study_heatmap(uid: str, instance_id: int, request: Request, session: DbSession,
+                  principal: CurrentUser) -> Response:
+    """The pixels of the result image made from this image (radiograph, heatmap and burned-in
+    result), for the study page's overlay toggle."""
+    path = result_image_path(session, uid, instance_id)
+    if path is None:
+        raise HTTPException(404, "no result image for this image")
+    audit(session, principal.name, "heatmap", uid, f"instance {instance_id}",
+          client_address(request))
+    try:
+        png = render_result_png(Path(path))
+    except (OSError, ValueError, AttributeError) as exc:
+        LOGGER.warning("instance %d: cannot render its result image: %s", instance_id,
+                       type(exc).__name__)
+        raise HTTPException(422, "the result image can't be read") from exc
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
 

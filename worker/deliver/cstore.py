@@ -4,13 +4,16 @@ The reply is sorted into three outcomes the delivery task acts on (PS3.4
 Annex B.2.3 statuses, PS3.7 Annex C general statuses, PS3.8 9.3.4 association
 results):
 
-* ``sent``: Success or Warning, or the peer already holds the instance.
+* ``sent``: Success or Warning (the warning is kept with the outcome), or the peer already
+  holds the instance.
 * ``retry``: no association (connection refused, timeout, abort, transient
   rejection), no response, or a resource shortage (0xA7xx, 0x0213).
 * ``failed``: permanent rejection, no acceptable presentation context, or an
   error status (0xA9xx, 0xCxxx, refused SOP class, ...); retrying won't help.
 
-A ``shadow`` destination is never contacted: the outcome is ``shadow``.
+A ``shadow`` destination is never contacted: the outcome is ``shadow``. ``DeliveryOutcome``
+and ``OutcomeKind`` are the result of every channel (C-STORE here, STOW-RS in ``stow.py``, HL7
+in ``hl7.py``).
 """
 
 from __future__ import annotations
@@ -113,15 +116,26 @@ class Timeouts:
     dimse: float = 60.0
     network: float = 60.0
 
+    @classmethod
+    def of(cls, connect_s: float, reply_s: float) -> Timeouts:
+        """From ``TRIAGE_DELIVERY_CONNECT_TIMEOUT_S`` and ``TRIAGE_DELIVERY_TIMEOUT_S``: the
+        association must be accepted within ``reply_s`` but at most 30 s."""
+        return cls(connect=connect_s, acse=min(reply_s, 30.0), dimse=reply_s, network=reply_s)
+
 
 @dataclass(frozen=True)
 class DeliveryOutcome:
-    """How one delivery attempt ended."""
+    """How one delivery attempt ended, on any channel.
+
+    ``warning``: for ``sent``, what the peer warned about (a C-STORE warning status, a STOW-RS
+    202 with warnings or failures of other instances); recorded as the delivery's last error.
+    """
 
     kind: OutcomeKind
     reason: str
-    status: int | None = None  # the C-STORE status, when a reply arrived
+    status: int | None = None  # the C-STORE status or the HTTP status, when a reply arrived
     destination: str = ""
+    warning: str = ""
 
     @property
     def status_name(self) -> str | None:
@@ -213,7 +227,8 @@ def _reply_outcome(reply: Dataset, destination: Destination) -> DeliveryOutcome:
     comment = reply.get("ErrorComment")
     if comment:
         reason += f": {comment}"
-    return DeliveryOutcome(kind, reason, status=status, destination=label)
+    warning = reason if kind is OutcomeKind.SENT and status != StoreReplyStatus.SUCCESS else ""
+    return DeliveryOutcome(kind, reason, status=status, destination=label, warning=warning)
 
 
 def _read(path: Path) -> Dataset:

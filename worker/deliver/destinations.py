@@ -1,28 +1,46 @@
 """Where triage reports are delivered: parsing ``TRIAGE_DESTINATIONS``.
 
-Syntax (documented in docs/sr.md)::
+Comma-separated entries of three kinds, mixed freely (docs/operations.md, docs/sr.md)::
 
-    AE_TITLE@HOST:PORT[;OPTION...][, AE_TITLE@HOST:PORT[;OPTION...]...]
+    AE_TITLE@HOST:PORT[;tls][;shadow][;ca=PATH][;cert=PATH][;key=PATH][;commit]   C-STORE
+    stow+https://HOST[:PORT]/PATH[;ca=PATH][;token=PATH|;basic=PATH][;timeout=S][;shadow]
+    hl7://HOST:PORT[;tls][;ca=PATH][;shadow][;...]                              HL7 v2 (MLLP)
 
-Options are ``tls``, ``shadow``, ``ca=PATH``, ``cert=PATH`` and ``key=PATH``;
-``ca``, ``cert`` and ``key`` need ``tls``. An IPv6 host is written in brackets,
-``PACS@[::1]:104``. Example: ``PACS@10.0.0.5:104;tls;ca=/etc/ssl/pacs-ca.pem,
-RESEARCH@127.0.0.1:4242;shadow``.
+C-STORE: ``ca``, ``cert`` and ``key`` need ``tls``; ``commit`` asks for Storage Commitment
+after each successful C-STORE. An IPv6 host is written in brackets, ``PACS@[::1]:104``.
+STOW-RS (PS3.18 10.5): ``stow+http://`` is allowed too; ``token=`` names a file holding a bearer
+token, ``basic=`` a file holding ``user:password`` (credentials never go in the URL or the
+environment value itself); ``timeout`` overrides ``TRIAGE_DELIVERY_TIMEOUT_S``. HL7 entries are
+parsed by ``worker.deliver.hl7.parse_hl7_destination``. Example: ``PACS@10.0.0.5:104;tls;
+ca=/etc/ssl/pacs-ca.pem;commit, stow+https://archive.example.org/dicom-web;token=/etc/cxr-triage/
+archive.token, RESEARCH@127.0.0.1:4242;shadow``.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
+from urllib.parse import urlsplit
 
 from db.models import DeliveryItem
 from worker.errors import WorkerError
 
-_SYNTAX_HINT = "expected AE_TITLE@HOST:PORT[;tls][;shadow][;ca=PATH][;cert=PATH][;key=PATH]"
+if TYPE_CHECKING:
+    from worker.deliver.hl7 import Hl7Destination
+
+_SYNTAX_HINT = ("expected AE_TITLE@HOST:PORT[;tls][;shadow][;ca=PATH][;cert=PATH][;key=PATH]"
+                "[;commit], stow+https://HOST[:PORT]/PATH[;...] or hl7://HOST:PORT[;...]")
 _ENTRY = re.compile(r"^(?P<ae>[^@]*)@(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]@;]+):(?P<port>[^;]*)$")
-_FLAG_OPTIONS = frozenset({"tls", "shadow"})
+_FLAG_OPTIONS = frozenset({"tls", "shadow", "commit"})
 _PATH_OPTIONS = frozenset({"ca", "cert", "key"})
+STOW_PREFIX = "stow+"
+HL7_PREFIX = "hl7://"
+LABEL_LENGTH = 160  # delivery.destination
+_STOW_FLAGS = frozenset({"shadow"})
+_STOW_VALUES = frozenset({"ca", "token", "basic", "timeout"})
 
 
 class DestinationError(WorkerError):
@@ -58,7 +76,8 @@ def _parse_port(text: str, entry: str) -> int:
 class Destination:
     """A C-STORE peer (usually the PACS) and how to reach it.
 
-    ``shadow`` destinations are scored and recorded but nothing is sent to them.
+    ``shadow`` destinations are scored and recorded but nothing is sent to them; ``commit``
+    asks for Storage Commitment (PS3.4 J) after each successful C-STORE.
     """
 
     ae_title: str
@@ -69,6 +88,7 @@ class Destination:
     cert_file: Path | None = None
     key_file: Path | None = None
     shadow: bool = False
+    commit: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", validate_ae_title(self.ae_title))
@@ -94,7 +114,7 @@ class Destination:
 
 
 def _parse_options(options: list[str], entry: str) -> tuple[set[str], dict[str, Path]]:
-    """Split ``tls``/``shadow`` flags from ``ca=``/``cert=``/``key=`` paths."""
+    """Split ``tls``/``shadow``/``commit`` flags from ``ca=``/``cert=``/``key=`` paths."""
     flags: set[str] = set()
     paths: dict[str, Path] = {}
     for raw in options:
@@ -131,18 +151,134 @@ def parse_destination(entry: str) -> Destination:
     return Destination(
         ae_title, host, port, tls="tls" in flags, shadow="shadow" in flags,
         ca_file=paths.get("ca"), cert_file=paths.get("cert"), key_file=paths.get("key"),
+        commit="commit" in flags,
     )
 
 
-def parse_destinations(text: str) -> tuple[Destination, ...]:
-    """Parse ``TRIAGE_DESTINATIONS``: comma-separated entries, none repeated.
+@dataclass(frozen=True)
+class StowDestination:
+    """A DICOMweb STOW-RS service (PS3.18 10.5) and how to reach it.
+
+    ``url`` is the service root (``https://host:port/dicom-web``); instances are POSTed to
+    ``{url}/studies/{StudyInstanceUID}``. ``token_file`` holds a bearer token, ``basic_file``
+    ``user:password``; both are read at each attempt, so a rotated token needs no restart.
+    ``timeout_s`` is the HTTP connect and read timeout (``None``: the worker's setting).
+    """
+
+    url: str
+    ca_file: Path | None = None
+    token_file: Path | None = None
+    basic_file: Path | None = None
+    timeout_s: float | None = None
+    shadow: bool = False
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise DestinationError(f"STOW-RS URL {self.url!r} needs http:// or https:// and a host")
+        if parts.username is not None or parts.password is not None:
+            raise DestinationError(f"STOW-RS URL {self.url!r} holds credentials; put them in a "
+                                   "file and name it with basic= (or token= for a bearer token)")
+        if parts.query or parts.fragment:
+            raise DestinationError(f"STOW-RS URL {self.url!r}: no query or fragment allowed")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise DestinationError(f"STOW-RS URL {self.url!r}: bad port") from None
+        if self.ca_file is not None and parts.scheme != "https":
+            raise DestinationError(f"STOW-RS destination {self.url}: ca= needs https")
+        if self.token_file is not None and self.basic_file is not None:
+            raise DestinationError(f"STOW-RS destination {self.url}: give token= or basic=, "
+                                   "not both")
+        if self.timeout_s is not None and not (math.isfinite(self.timeout_s)
+                                               and self.timeout_s > 0):
+            raise DestinationError(f"STOW-RS destination {self.url}: timeout must be > 0 s")
+        if len(self.label) > LABEL_LENGTH:
+            raise DestinationError(f"STOW-RS destination {self.label[:40]}...: longer than "
+                                   f"{LABEL_LENGTH} characters; use a shorter URL")
+
+    @property
+    def items(self) -> tuple[DeliveryItem, ...]:
+        """What this destination is sent of each report: the SR and the result image."""
+        return (DeliveryItem.SR, DeliveryItem.IMAGE)
+
+    @property
+    def label(self) -> str:
+        """``stow+`` and the URL (never a credential), for logs and records."""
+        return STOW_PREFIX + self.url
+
+
+def _stow_options(options: list[str], entry: str) -> tuple[set[str], dict[str, str]]:
+    flags: set[str] = set()
+    values: dict[str, str] = {}
+    for raw in options:
+        option = raw.strip()
+        name, sep, value = option.partition("=")
+        name = name.strip().lower()
+        if name in flags or name in values:
+            raise DestinationError(f"option {name!r} given twice in {entry!r}")
+        if not sep and name in _STOW_FLAGS:
+            flags.add(name)
+        elif sep and name in _STOW_VALUES and value.strip():
+            values[name] = value.strip()
+        else:
+            raise DestinationError(
+                f"unknown or incomplete option {option!r} in {entry!r}; expected "
+                "stow+https://HOST[:PORT]/PATH[;ca=PATH][;token=PATH|;basic=PATH][;timeout=S]"
+                "[;shadow]")
+    return flags, values
+
+
+def parse_stow_destination(entry: str) -> StowDestination:
+    """Parse one ``stow+https://host:port/path;options`` entry."""
+    entry = entry.strip()
+    address, *options = entry.split(";")
+    url = address.strip()[len(STOW_PREFIX):].rstrip("/")
+    flags, values = _stow_options(options, entry)
+    timeout: float | None = None
+    if "timeout" in values:
+        try:
+            timeout = float(values["timeout"])
+        except ValueError:
+            raise DestinationError(f"timeout {values['timeout']!r} in {entry!r} is not a "
+                                   "number of seconds") from None
+
+    def path(name: str) -> Path | None:
+        return Path(values[name]) if name in values else None
+
+    return StowDestination(url, ca_file=path("ca"), token_file=path("token"),
+                           basic_file=path("basic"), timeout_s=timeout,
+                           shadow="shadow" in flags)
+
+
+AnyDestination: TypeAlias = "Destination | StowDestination | Hl7Destination"
+
+
+def parse_any_destination(entry: str) -> AnyDestination:
+    """One entry of any kind: STOW-RS, HL7 or C-STORE (by its prefix)."""
+    stripped = entry.strip()
+    lowered = stripped.lower()
+    if lowered.startswith(STOW_PREFIX):
+        return parse_stow_destination(stripped)
+    if lowered.startswith(HL7_PREFIX):
+        try:  # imported here: worker.deliver.hl7 builds on this module
+            from worker.deliver.hl7 import parse_hl7_destination
+        except ImportError as exc:
+            raise DestinationError(f"cannot use {stripped!r}: HL7 support is not installed "
+                                   f"({exc})") from exc
+        return parse_hl7_destination(stripped)
+    return parse_destination(stripped)
+
+
+def parse_destinations(text: str) -> tuple[AnyDestination, ...]:
+    """Parse ``TRIAGE_DESTINATIONS``: comma-separated entries of any kind, none repeated.
 
     An empty or blank string gives no destinations.
     """
     entries = [part for part in text.split(",") if part.strip()]
     if text.strip() and len(entries) != len(text.split(",")):
         raise DestinationError(f"empty entry in destinations {text!r}; remove the extra comma")
-    destinations = tuple(parse_destination(part) for part in entries)
+    destinations = tuple(parse_any_destination(part) for part in entries)
     labels = [d.label for d in destinations]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:

@@ -14,17 +14,20 @@ from db.reports import requeue_deliveries
 
 def redeliver(sessions: sessionmaker[Session], broker: BrokerSettings, *,
               report_id: int | None = None,
-              all_failed: bool = False) -> list[tuple[int, str, DeliveryItem]]:
-    """Requeue one report's unsent deliveries, or every failed one; publish each.
+              all_failed: bool = False,
+              destination: str | None = None) -> list[tuple[int, str, DeliveryItem]]:
+    """Requeue one report's unsent deliveries, or every failed one (to ``destination`` only,
+    when given); publish each.
 
     The database holds the work: if the publish is lost, the reconciler publishes the
     ``pending`` deliveries again once due. Returns the (report id, destination, item) triples.
     """
     with sessions.begin() as session:
-        rows = requeue_deliveries(session, report_id=report_id, all_failed=all_failed)
+        rows = requeue_deliveries(session, report_id=report_id, all_failed=all_failed,
+                                  destination=destination)
     if rows:
         app = make_celery(broker)
-        for report, destination, item in rows:
-            app.send_task(TASK_DELIVER_REPORT, args=[report, destination, item.value],
+        for report, label, item in rows:
+            app.send_task(TASK_DELIVER_REPORT, args=[report, label, item.value],
                           queue=QUEUE_DELIVER)
     return rows

@@ -49,10 +49,29 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
-def list_lines(sessions: sessionmaker[Session]) -> list[str]:
-    """One block per imported version, the live one marked."""
+def inference_line(manifest: dict[str, Any], settings: WorkerSettings) -> str:
+    """What this model would run in on this machine with the current settings, and why."""
+    from common.hardware import detect
+    from worker.score.precision import PrecisionError, plan_from_manifest, planned_device
+
+    caps = detect(light=True)
+    inference = settings.inference
+    try:
+        choice = plan_from_manifest(manifest, inference.precision, inference.backend,
+                                    device=planned_device(inference.device, caps), caps=caps,
+                                    cache_dir=inference.openvino_cache_dir)
+    except PrecisionError as exc:
+        return f"    inference here: REFUSED: {exc}"
+    return f"    inference here: {choice.describe()}"
+
+
+def list_lines(sessions: sessionmaker[Session],
+               settings: WorkerSettings | None = None) -> list[str]:
+    """One block per imported version, the live one marked, with the precision it would run
+    in on this machine (``settings``: the inference settings; from the environment)."""
     from db.registry import latest_validation, live_model, model_versions
 
+    settings = settings or WorkerSettings.from_env()
     lines = []
     with sessions() as session:
         live = live_model(session)
@@ -70,6 +89,7 @@ def list_lines(sessions: sessionmaker[Session]) -> list[str]:
                 + (f"  recalibrated from {row.derived_from}" if row.derived_from else ""),
                 f"    safety gate: {gate_statistics(row.manifest)}",
                 f"    local validation: {status}",
+                inference_line(row.manifest, settings),
             ]
     return lines
 
@@ -77,12 +97,44 @@ def list_lines(sessions: sessionmaker[Session]) -> list[str]:
 def _list(args: argparse.Namespace) -> int:
     settings = WorkerSettings.from_env()
     with current_sessions(settings.db.url) as sessions:
-        lines = list_lines(sessions)
+        lines = list_lines(sessions, settings)
+    from common.hardware import detect
+
+    print(f"this machine: {detect(light=True).describe()}")
     if not lines:
         print(f"no model in the store; workers use TRIAGE_MODEL_DIR ({settings.model_dir}). "
               "Add one with `cxr-triage model import DIR|TARBALL`")
+        _print_model_dir_plan(settings)
         return 0
     print("\n".join(lines))
+    return 0
+
+
+def _print_model_dir_plan(settings: WorkerSettings) -> None:
+    from common.hardware import detect
+    from worker.score.precision import describe_plan
+
+    inference = settings.inference
+    plan = describe_plan(settings.model_dir, inference.precision, inference.backend,
+                         device_setting=inference.device, caps=detect(light=True),
+                         cache_dir=inference.openvino_cache_dir)
+    print(f"TRIAGE_MODEL_DIR inference here: {plan}")
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    """Build the int8 graph of ``--model`` (a folder or stored version; TRIAGE_MODEL_DIR)."""
+    from worker.score.int8 import quantize_ensemble
+
+    settings = WorkerSettings.from_env()
+    model_dir = settings.model_dir if args.model is None else Path(args.model)
+    if args.model is not None and not (model_dir / "ensemble.json").is_file():
+        from worker.models.store import resolve_model
+
+        with current_sessions(settings.db.url) as sessions:
+            model_dir = resolve_model(sessions, args.model)
+    graph = quantize_ensemble(model_dir, Path(args.data), settings.inference.openvino_cache_dir,
+                              images=args.images, force=args.force)
+    print(f"{graph.reason}: {graph.path}")
     return 0
 
 
@@ -122,6 +174,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.set_defaults(func=_import)
     sub.add_parser("list", help="imported versions, the live one, their validation"
                    ).set_defaults(func=_list)
+    qua = sub.add_parser("quantize", help="build the int8 OpenVINO graph of a model "
+                         "(NNCF, calibrated on training images) for TRIAGE_INFERENCE_PRECISION "
+                         "auto or int8")
+    qua.add_argument("--model", metavar="DIR|VERSION",
+                     help="ensemble folder or stored version (default TRIAGE_MODEL_DIR)")
+    qua.add_argument("--data", required=True,
+                     help="training images, any layout `cxr-triage train` reads")
+    qua.add_argument("--images", type=int, default=300,
+                     help="calibration images, classes balanced (default 300)")
+    qua.add_argument("--force", action="store_true", help="rebuild even when current")
+    qua.set_defaults(func=_quantize)
     pro = sub.add_parser("promote", help="make a validated version live")
     pro.add_argument("version", metavar="VERSION")
     pro.add_argument("--force", action="store_true",

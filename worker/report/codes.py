@@ -3,9 +3,13 @@
 Where ``pydicom.sr.codedict.codes`` holds a concept it is re-exported from
 there; the few SNOMED CT concepts that the DICOM code dictionary (PS3.16) lacks
 are defined here as :class:`highdicom.sr.CodedConcept` constants, each with the
-source it was taken from. docs/sr.md lists every concept the report uses.
+source it was taken from. A fold's probability has no standard concept: it gets a
+code of our own local coding scheme (PS3.3 8.2, a designator starting "99"),
+declared in the SR's Coding Scheme Identification Sequence. docs/sr.md lists every
+concept the report uses.
 """
 
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
 
@@ -34,6 +38,8 @@ PRIORITY = CodedConcept.from_code(codes.SCT.Priority)  # SCT 260870009 "Priority
 PROBABILITY = CodedConcept.from_code(codes.DCM.Probability)  # DCM 122157
 MEAN = CodedConcept.from_code(codes.SCT.Mean)  # SCT 373098007, CID 7464 derivation
 STANDARD_DEVIATION = CodedConcept.from_code(codes.SCT.StandardDeviation)  # SCT 386136009
+# The operating threshold the mean probability is compared with ("Threshold Value").
+THRESHOLD = CodedConcept.from_code(codes.DCM.ThresholdValue)  # DCM 122411
 UNITLESS = CodedConcept.from_code(codes.UCUM.NoUnits)  # UCUM "1", a probability in [0, 1]
 CHEST_IMAGING = CodedConcept.from_code(codes.SCT.ChestImaging)  # SCT 413815006
 PLAIN_RADIOGRAPHY = CodedConcept.from_code(codes.SCT.PlainRadiography)  # SCT 168537006
@@ -52,3 +58,22 @@ PRIORITY_CODES = {
     Priority.HIGH: HIGH_PRIORITY,
     Priority.ROUTINE: ROUTINE_PRIORITY,
 }
+
+
+# --- Our local coding scheme (PS3.3 8.2: private designators start with "99") ---------
+LOCAL_SCHEME = "99CXRT"
+
+
+def local_coding_scheme() -> CodingSchemeIdentificationItem:
+    """The Coding Scheme Identification item of our local scheme (a new one per SR)."""
+    return CodingSchemeIdentificationItem(designator=LOCAL_SCHEME, name="cxr-triage local codes",
+                                          responsible_organization="cxr-triage project")
+
+
+def fold_probability(fold_number: int) -> CodedConcept:
+    """``Fold n probability``: the COVID-19 probability of fold ``n`` (1-based, in manifest
+    fold order: fold 1 is the manifest's fold index 0)."""
+    if fold_number < 1:
+        raise ValueError(f"fold numbers start at 1, got {fold_number}")
+    return CodedConcept(value=f"FOLDP{fold_number}", scheme_designator=LOCAL_SCHEME,
+                        meaning=f"Fold {fold_number} probability")

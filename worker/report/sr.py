@@ -1,13 +1,15 @@
 """The COVID-19 triage result as a DICOM Comprehensive 3D SR (TID 1500, IHE AIR style).
 
 The report is built with highdicom templates only, never hand-assembled content
-items: a Measurement Report (PS3.16 TID 1500) with one Measurement and
-Qualitative Evaluation Group (TID 1501) holding the finding, the triage
-priority, the mean probability and its spread across folds, and the algorithm
-(TID 4019). Patient and study modules are copied from the scored images, the
-model is described in the Contributing Equipment Sequence (PS3.3 C.12.1) and
-an earlier report is referenced in the Predecessor Documents Sequence
-(PS3.3 C.17.2). docs/sr.md describes the content tree and the codes.
+items: a Measurement Report (PS3.16 TID 1500) whose Measurement Groups (TID 1501,
+``worker.report.sr_tree``) hold the decision and priority first, then the mean
+probability with its operating threshold and the standard deviation over the folds,
+then each fold's probability. Patient and study modules are copied from the scored
+images, the model is described in the Contributing Equipment Sequence (PS3.3
+C.12.1) and an earlier report is referenced in the Predecessor Documents Sequence
+(PS3.3 C.17.2). Each revision is a series of its own whose Series Description states
+the decision and the priority (``worker.report.content``). docs/sr.md describes the
+content tree, the headers and the codes.
 """
 
 from __future__ import annotations
@@ -17,24 +19,11 @@ import datetime
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import highdicom as hd
-from highdicom.sr import (
-    AlgorithmIdentification,
-    CodedConcept,
-    Comprehensive3DSR,
-    DeviceObserverIdentifyingAttributes,
-    Measurement,
-    MeasurementReport,
-    MeasurementsAndQualitativeEvaluations,
-    ObservationContext,
-    ObserverContext,
-    QualitativeEvaluation,
-    SourceImageForMeasurementGroup,
-    TrackingIdentifier,
-)
+from highdicom.sr import Comprehensive3DSR
 from pydicom import config, dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -46,9 +35,15 @@ from pydicom.valuerep import validate_value
 
 from common.dicom_ids import stamp_implementation
 from worker.report import codes as sr_codes
-from worker.report.content import PredecessorRef, SRError, StudyFinding
+from worker.report.content import (
+    PredecessorRef,
+    SRError,
+    StudyFinding,
+    series_description,
+    sr_series_number,
+)
 from worker.report.identity import ModelIdentity
-from worker.score.decision import NOT_ASSESSABLE_TEXT, Decision
+from worker.report.sr_tree import NOT_FOR_CLINICAL_USE, measurement_report
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +58,7 @@ __all__ = [
     "write_sr",
 ]
 
-DEFAULT_SERIES_NUMBER = 9901
-NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
+DEFAULT_SERIES_NUMBER = sr_series_number(0)  # a study's first report: 9901
 # Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1)
 # that highdicom reads from the first evidence item; absent ones are written empty.
 _TYPE2_PATIENT_STUDY = (
@@ -161,116 +155,6 @@ def _select_scored(sources: Sequence[Dataset], finding: StudyFinding) -> list[Da
     return [_evidence_header(by_uid[uid]) for uid in finding.scored_sop_instance_uids]
 
 
-def _measurements(finding: StudyFinding, model: ModelIdentity) -> list[Measurement]:
-    """Mean and standard deviation over folds, then one value per fold (TID 300)."""
-
-    def probability(
-        value: float,
-        derivation: CodedConcept | None = None,
-        algorithm: AlgorithmIdentification | None = None,
-    ) -> Measurement:
-        return Measurement(
-            sr_codes.PROBABILITY,
-            value,
-            sr_codes.UNITLESS,
-            derivation=derivation,
-            algorithm_id=algorithm,
-        )
-
-    items = [
-        probability(finding.probability_mean, sr_codes.MEAN),
-        probability(finding.probability_std, sr_codes.STANDARD_DEVIATION),
-    ]
-    for fold, fold_p in enumerate(finding.fold_probabilities):
-        items.append(probability(fold_p, algorithm=_algorithm_id(model, (f"fold {fold}",))))
-    return items
-
-
-def _algorithm_id(model: ModelIdentity, extra: Iterable[str] = ()) -> AlgorithmIdentification:
-    """TID 4019 Algorithm Identification for the ensemble."""
-    parameters = [f"ensemble {model.ensemble_hash}", *extra]
-    if model.not_for_clinical_use:
-        parameters.append(NOT_FOR_CLINICAL_USE)
-    return AlgorithmIdentification(
-        name=model.algorithm_name,
-        version=model.version,
-        parameters=parameters,
-        family=codes.DCM.ArtificialIntelligence,
-    )
-
-
-def _measurement_group(
-    finding: StudyFinding, model: ModelIdentity, scored: Sequence[Dataset]
-) -> MeasurementsAndQualitativeEvaluations:
-    """TID 1501 group: finding, priority, probabilities and the scored images.
-
-    A not-assessable study has the finding "undetermined" only: no priority, no probability.
-    """
-    label = "COVID-19 triage" + (f" ({NOT_FOR_CLINICAL_USE})" if model.not_for_clinical_use else "")
-    evaluations = [QualitativeEvaluation(sr_codes.COVID19,
-                                         sr_codes.DECISION_CODES[finding.decision])]
-    assessed = finding.decision is not Decision.NOT_ASSESSABLE
-    if assessed:
-        evaluations.append(QualitativeEvaluation(sr_codes.PRIORITY,
-                                                 sr_codes.PRIORITY_CODES[finding.priority]))
-    else:
-        label = f"{label} - {NOT_ASSESSABLE_TEXT}"
-    return MeasurementsAndQualitativeEvaluations(
-        # The same UID for every version of a study's report tracks the finding across them.
-        tracking_identifier=TrackingIdentifier(
-            uid=generate_uid(entropy_srcs=["covid19-triage", scored[0].StudyInstanceUID]),
-            identifier=label,
-        ),
-        finding_type=sr_codes.COVID19,
-        algorithm_id=_algorithm_id(model),
-        qualitative_evaluations=evaluations,
-        measurements=_measurements(finding, model) if assessed else None,
-        source_images=[SourceImageForMeasurementGroup.from_source_image(ds) for ds in scored],
-    )
-
-
-def _observation_context(model: ModelIdentity, manufacturer: str) -> ObservationContext:
-    """TID 1002 with a device observer (TID 1004) identified by the Device UID."""
-    device = DeviceObserverIdentifyingAttributes(
-        uid=model.device_uid,
-        name=model.algorithm_name,
-        manufacturer_name=manufacturer,
-        model_name=model.algorithm_name,
-    )
-    return ObservationContext(
-        observer_device_context=ObserverContext(
-            observer_type=codes.DCM.Device,
-            observer_identifying_attributes=device,
-        )
-    )
-
-
-def _contributing_equipment(model: ModelIdentity, manufacturer: str) -> hd.ContributingEquipment:
-    """The model as Processing Equipment (DCM 109102), PS3.3 C.12.1.1.5."""
-    description = "AI triage of chest radiographs for COVID-19"
-    if model.not_for_clinical_use:
-        description += f"; {NOT_FOR_CLINICAL_USE}"
-    equipment = hd.ContributingEquipment(
-        manufacturer=manufacturer,
-        purpose_of_reference=codes.DCM.ProcessingEquipment,
-        manufacturer_model_name=model.algorithm_name,
-        software_versions=model.version,
-        contribution_datetime=datetime.datetime.now(datetime.UTC).astimezone(),
-        contribution_description=description,
-    )
-    equipment.DeviceUID = model.device_uid  # Device UID (0018,1002), not a highdicom argument
-    return equipment
-
-
-def series_description(model: ModelIdentity) -> str:
-    """Series Description (LO, at most 64 characters) saying this is unverified AI output."""
-    flag = f" - {NOT_FOR_CLINICAL_USE}" if model.not_for_clinical_use else ""
-    text = f"AI triage COVID-19 ({model.algorithm_name}){flag} - not verified"
-    if len(text) > 64:
-        text = f"AI triage COVID-19{flag} - not verified"
-    return text
-
-
 @contextlib.contextmanager
 def _no_patient_names_in_logs() -> Iterator[None]:
     """Keep patient names out of logs and warnings while highdicom copies them."""
@@ -288,6 +172,24 @@ def _no_patient_names_in_logs() -> Iterator[None]:
         hd_logger.removeFilter(phi_filter)
 
 
+def _contributing_equipment(model: ModelIdentity, manufacturer: str,
+                            created: datetime.datetime) -> hd.ContributingEquipment:
+    """The model as Processing Equipment (DCM 109102), PS3.3 C.12.1.1.5."""
+    description = "AI triage of chest radiographs for COVID-19"
+    if model.not_for_clinical_use:
+        description += f"; {NOT_FOR_CLINICAL_USE}"
+    equipment = hd.ContributingEquipment(
+        manufacturer=manufacturer,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=model.algorithm_name,
+        software_versions=model.version,
+        contribution_datetime=created,
+        contribution_description=description,
+    )
+    equipment.DeviceUID = model.device_uid  # Device UID (0018,1002), not a highdicom argument
+    return equipment
+
+
 def build_triage_sr(
     sources: Sequence[Dataset],
     finding: StudyFinding,
@@ -297,6 +199,8 @@ def build_triage_sr(
     institution_name: str | None = None,
     predecessor: PredecessorRef | None = None,
     series_number: int = DEFAULT_SERIES_NUMBER,
+    revision: int = 1,
+    created: datetime.datetime | None = None,
     instance_number: int = 1,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
@@ -314,7 +218,12 @@ def build_triage_sr(
         General Equipment Module values for the SR and the contributing equipment.
     predecessor
         An earlier report this one supersedes (Predecessor Documents Sequence).
-    series_number, instance_number, series_instance_uid, sop_instance_uid
+    series_number, revision
+        The report's series number (``content.sr_series_number``) and its place among
+        the study's reports, which the Series Description states from 2 on.
+    created
+        Series and Content Date/Time (local time; default: now).
+    instance_number, series_instance_uid, sop_instance_uid
         Placement of the SR; the UIDs are new ones unless given.
 
     Returns
@@ -323,14 +232,11 @@ def build_triage_sr(
         Unverified, complete, preliminary report.
     """
     scored = _select_scored(sources, finding)
-    report = MeasurementReport(
-        observation_context=_observation_context(model, manufacturer),
-        procedure_reported=[sr_codes.CHEST_IMAGING, sr_codes.PLAIN_RADIOGRAPHY],
-        imaging_measurements=[_measurement_group(finding, model, scored)],
-        referenced_images=[_library_header(ds) for ds in scored],
-    )
+    when = (created or datetime.datetime.now(datetime.UTC)).astimezone()
     try:
         with _no_patient_names_in_logs():
+            report = measurement_report(finding, model, scored,
+                                        [_library_header(ds) for ds in scored], manufacturer)
             sr = Comprehensive3DSR(
                 evidence=scored,
                 content=report,
@@ -344,10 +250,17 @@ def build_triage_sr(
                 is_final=False,
                 is_verified=False,
                 previous_versions=[predecessor.as_dataset()] if predecessor else None,
-                contributing_equipment=[_contributing_equipment(model, manufacturer)],
-                series_description=series_description(model),
+                contributing_equipment=[_contributing_equipment(model, manufacturer, when)],
+                series_description=series_description(
+                    finding, revision=revision,
+                    not_for_clinical_use=model.not_for_clinical_use),
                 manufacturer_model_name=model.algorithm_name,
                 software_versions=model.version,
+                coding_schemes=[sr_codes.local_coding_scheme()],
+                series_date=when.date(),
+                series_time=when.time(),
+                content_date=when.date(),
+                content_time=when.time(),
             )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         # The message of exc may quote header values, so it is only chained.
@@ -356,11 +269,12 @@ def build_triage_sr(
             f"({type(exc).__name__}); check the source headers"
         ) from exc
     logger.info(
-        "study %s: built triage SR %s (decision=%s, series %d)",
+        "study %s: built triage SR %s (decision=%s, series %d, revision %d)",
         scored[0].StudyInstanceUID,
         sr.SOPInstanceUID,
         finding.decision.value,
         series_number,
+        revision,
     )
     return sr
 

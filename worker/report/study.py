@@ -2,7 +2,9 @@
 
 A report is written when the study's result first exists and again whenever a late image
 changes the decision; the new SR names the earlier one in its Predecessor Documents Sequence
-and keeps its series. Which destinations get it is recorded as ``pending`` deliveries.
+and is a series of its own: Series Number 9900 + n for the study's n-th report under any model
+version, and a Series Description that states the decision, the priority and the revision
+(``worker.report.content``). Which destinations get it is recorded as ``pending`` deliveries.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,16 +40,30 @@ from db.reports import (
     rescore_for_live_model,
     study_view,
 )
-from worker.report.content import PredecessorRef, StudyFinding
+from worker.report.content import PredecessorRef, StudyFinding, sr_series_number
 from worker.report.identity import ModelIdentity
+from worker.report.result_image import (
+    ImageFinding,
+    Placement,
+    ResultImageEnsemble,
+    ResultImageError,
+    WrittenImage,
+    image_series_number,
+    make_result_image,
+    wanted,
+)
 from worker.report.sources import SourceUnavailableError, source_header
-from worker.report.sr import DEFAULT_SERIES_NUMBER, build_triage_sr, write_sr
+from worker.report.sr import build_triage_sr, write_sr
 from worker.retry_policy import backoff_s, describe, is_transient
 from worker.score.decision import Decision, ImageResult, study_result
+from worker.settings import ResultImageMode
 
 logger = logging.getLogger(__name__)
 
 MANUFACTURER = "cxr-triage"
+# The loaded ensemble (fp32 fold models) for the result image's heatmap, asked for only when a
+# study gets a result image (the worker's ``WorkerContext.ensemble``, rescore's loaded model).
+EnsembleSource = Callable[[], ResultImageEnsemble]
 _EARLY_S = 1.0  # a report message this much before the study's due time still runs
 
 
@@ -88,6 +105,7 @@ class ReportOptions:
     worker_host: str
     retry_backoff_s: float  # a failed report is tried again after this, doubling ...
     retry_backoff_max_s: float  # ... up to this
+    result_image: ResultImageMode = ResultImageMode.FLAGGED  # which studies get a result image
 
 
 @dataclass(frozen=True)
@@ -130,20 +148,21 @@ def _headers(view: StudyView, best: ImageResult, *, minimal: bool) -> list[Datas
 
 def _build(view: StudyView, best: ImageResult, identity: ModelIdentity,
            previous: Report | None, supersedes: Report | None, *, minimal: bool) -> Dataset:
-    """The SR of the study's result, not yet written."""
+    """The SR of the study's result, not yet written: a new series, numbered after the
+    study's earlier reports of any model version, with the threshold the result's score used."""
     headers = _headers(view, best, minimal=minimal)
+    threshold = next((float(score.threshold) for instance, score in view.scored
+                      if instance.id == best.instance_id), None)
     finding = StudyFinding(
         best.decision, best.probability_mean, best.probability_std,
-        tuple(str(ds.SOPInstanceUID) for ds in headers), best.fold_probabilities)
+        tuple(str(ds.SOPInstanceUID) for ds in headers), best.fold_probabilities, threshold)
     linked = previous or supersedes
     predecessor = None if linked is None else PredecessorRef(
         linked.sr_study_instance_uid, linked.sr_series_instance_uid, linked.sr_sop_instance_uid)
     sop_uid = generate_uid()
     sr = build_triage_sr(
         headers, finding, identity, manufacturer=MANUFACTURER, predecessor=predecessor,
-        series_number=DEFAULT_SERIES_NUMBER,
-        instance_number=1 if previous is None else previous.revision + 1,
-        series_instance_uid=None if previous is None else previous.sr_series_instance_uid,
+        series_number=sr_series_number(view.reports), revision=view.reports + 1,
         sop_instance_uid=sop_uid)
     return sr
 
@@ -172,7 +191,7 @@ def _write(view: StudyView, best: ImageResult, identity: ModelIdentity,
 def _record(sessions: sessionmaker[Session], view: StudyView, best: ImageResult,
             model_version: str, previous: Report | None, path: Path, sr: Dataset,
             destinations: Sequence[DeliveryTarget], options: ReportOptions,
-            supersedes: Report | None = None) -> int | None:
+            supersedes: Report | None = None, image: WrittenImage | None = None) -> int | None:
     finding_priority = StudyFinding(best.decision, best.probability_mean,
                                     best.probability_std, (best.sop_instance_uid,)).priority
     linked = previous or supersedes
@@ -187,10 +206,54 @@ def _record(sessions: sessionmaker[Session], view: StudyView, best: ImageResult,
             sr_series_instance_uid=str(sr.SeriesInstanceUID),
             sr_sop_instance_uid=str(sr.SOPInstanceUID), file_path=str(path),
             predecessor_id=None if linked is None else linked.id,
-            worker_host=options.worker_host))
+            worker_host=options.worker_host, sr_series_number=int(sr.SeriesNumber),
+            image_series_instance_uid=None if image is None else image.series_instance_uid,
+            image_sop_instance_uid=None if image is None else image.sop_instance_uid,
+            image_series_number=None if image is None else image.series_number,
+            image_file_path=None if image is None else str(image.path)))
         if report_id is not None:
-            add_deliveries(session, report_id, delivery_rows(destinations))
+            add_deliveries(session, report_id, delivery_rows(destinations,
+                                                             has_image=image is not None))
     return report_id
+
+
+def _result_image(view: StudyView, best: ImageResult, identity: ModelIdentity,
+                  model_version: str, sr: Dataset, options: ReportOptions,
+                  ensemble: EnsembleSource | None) -> WrittenImage | None:
+    """Write the result image beside the SR when ``TRIAGE_RESULT_IMAGE`` asks for one.
+
+    Nothing it raises stops the report: without an image the SR is recorded and delivered
+    alone, and the reason is logged (type and place, never a header value).
+    """
+    if not wanted(options.result_image, best.decision):
+        return None
+    instance, score = next((i, s) for i, s in view.scored if i.id == best.instance_id)
+    stored_cam = None if score.cam is None else np.asarray(score.cam, dtype=np.float32)
+    if ensemble is None and stored_cam is None:
+        return None
+    uid = view.study.study_instance_uid
+    try:
+        model = None
+        if stored_cam is None and ensemble is not None:  # an older score: run Grad-CAM
+            model = ensemble()
+            if model.model_version != model_version:
+                raise ResultImageError(f"the loaded ensemble is {model.model_version}, "
+                                       f"the report's {model_version}")
+        finding = ImageFinding(
+            best.decision, StudyFinding(best.decision, best.probability_mean,
+                                        best.probability_std, (best.sop_instance_uid,)).priority,
+            best.probability_mean, best.probability_std, len(best.fold_probabilities),
+            float(score.threshold), revision=view.reports + 1)
+        placement = Placement(generate_uid(), generate_uid(),
+                              image_series_number(int(sr.SeriesNumber)))
+        return make_result_image(Path(instance.file_path), source_header(view.study, instance),
+                                 finding, identity, model, placement,
+                                 options.report_dir / uid, manufacturer=MANUFACTURER,
+                                 stored_cam=stored_cam)
+    except Exception as exc:  # the SR goes out without the image
+        logger.warning("study %s: no result image (%s at %s); the SR is sent without it",
+                       uid, type(exc).__name__, _where(exc))
+        return None
 
 
 def delivery_rows(destinations: Sequence[DeliveryTarget], *,
@@ -204,13 +267,15 @@ def delivery_rows(destinations: Sequence[DeliveryTarget], *,
 def report_study(sessions: sessionmaker[Session], study_id: int, *, identity: ModelIdentity,
                  model_version: str, destinations: Sequence[DeliveryTarget],
                  options: ReportOptions, now: dt.datetime | None = None,
-                 supersedes: Report | None = None) -> ReportOutcome:
+                 supersedes: Report | None = None,
+                 ensemble: EnsembleSource | None = None) -> ReportOutcome:
     """Write the study's report if it is quiet and its result is new (idempotent).
 
     The study result is that of its most suspicious scored image (``study_result``). A new
     revision is written only when the decision differs from the latest revision's under the
     same model version. ``supersedes`` (``cxr-triage rescore``): a report of another model
-    version that the first report under this one names as its predecessor.
+    version that the first report under this one names as its predecessor. ``ensemble``: where
+    the result image's heatmap comes from (no result image without it).
     """
     now = now or utcnow()
     with sessions.begin() as session:
@@ -236,14 +301,18 @@ def report_study(sessions: sessionmaker[Session], study_id: int, *, identity: Mo
     if previous is not None and previous.decision == best.decision.value:
         return ReportOutcome(ReportAction.UNCHANGED, report_id=previous.id)
     path, sr = _write(view, best, identity, previous, options, supersedes)
+    image = _result_image(view, best, identity, model_version, sr, options, ensemble)
+    written = [path] if image is None else [path, image.path]
     try:
         report_id = _record(sessions, view, best, model_version, previous, path, sr,
-                            destinations, options, supersedes)
+                            destinations, options, supersedes, image)
     except BaseException:
-        path.unlink(missing_ok=True)  # not recorded: the next attempt writes a new SR
+        for file in written:  # not recorded: the next attempt writes new ones
+            file.unlink(missing_ok=True)
         raise
     if report_id is None:
-        path.unlink(missing_ok=True)
+        for file in written:
+            file.unlink(missing_ok=True)
         logger.info("study %s: another task wrote this revision first", uid)
         return ReportOutcome(ReportAction.LOST_RACE)
     logger.info("study %s: report %d revision %d (%s, p=%.4f, %d images)%s", uid, report_id,
@@ -251,14 +320,15 @@ def report_study(sessions: sessionmaker[Session], study_id: int, *, identity: Mo
                 best.probability_mean, len(view.scored),
                 "" if previous is None else f", supersedes report {previous.id}")
     return ReportOutcome(ReportAction.WRITTEN, report_id=report_id,
-                         deliveries=tuple((row.destination, row.item)
-                                          for row in delivery_rows(destinations)))
+                         deliveries=tuple((row.destination, row.item) for row in delivery_rows(
+                             destinations, has_image=image is not None)))
 
 
 def report_step(sessions: sessionmaker[Session], study_id: int, *, identity: ModelIdentity,
                 model_version: str, destinations: Sequence[DeliveryTarget],
                 options: ReportOptions, now: dt.datetime | None = None,
-                only_when_due: bool = False) -> ReportOutcome:
+                only_when_due: bool = False,
+                ensemble: EnsembleSource | None = None) -> ReportOutcome:
     """:func:`report_study` as the report task runs it: nothing it raises is lost.
 
     The outcome is recorded on the study for the node's reconciler: a new due time (WAIT, or
@@ -281,7 +351,7 @@ def report_step(sessions: sessionmaker[Session], study_id: int, *, identity: Mod
     try:
         outcome = report_study(sessions, study_id, identity=identity,
                                model_version=model_version, destinations=destinations,
-                               options=options, now=now)
+                               options=options, now=now, ensemble=ensemble)
     except Exception as exc:  # every failure is recorded with its reason
         return _record_failure(sessions, study_id, generation, attempts + 1, exc, options, now)
     with sessions.begin() as session:

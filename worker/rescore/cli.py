@@ -89,6 +89,9 @@ def _request(args: argparse.Namespace, sessions: sessionmaker[Session],
 
 
 def _rescore(args: argparse.Namespace) -> int:
+    from common.threads import prefer_passive_waits
+
+    prefer_passive_waits()  # before torch loads: OpenMP reads it once (common.threads)
     from common.queues import make_celery
     from worker.rescore.run import run_rescore
     from worker.rescore.summary import print_summary

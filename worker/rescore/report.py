@@ -21,11 +21,11 @@ from common.queues import QUEUE_DELIVER, TASK_DELIVER_REPORT
 from db.models import DeliveryItem
 from db.reports import report_deliveries
 from db.runs import latest_report_any_version, studies_reported_under
-from worker.deliver.delivery import DeliveryOptions, Sender, deliver_report
-from worker.deliver.destinations import Destination
+from worker.deliver.delivery import CommitHook, DeliveryOptions, Sender, deliver_report
+from worker.deliver.destinations import AnyDestination
 from worker.report.content import SRError
 from worker.report.identity import ModelIdentity
-from worker.report.study import ReportAction, ReportOptions, report_study
+from worker.report.study import EnsembleSource, ReportAction, ReportOptions, report_study
 from worker.rescore.compare import Comparison
 from worker.rescore.modes import SendMode
 
@@ -66,9 +66,10 @@ def studies_to_report(sessions: sessionmaker[Session], send: SendMode, compariso
 
 def write_reports(sessions: sessionmaker[Session], study_ids: Sequence[int], *,
                   identity: ModelIdentity, model_version: str,
-                  destinations: Sequence[Destination], options: ReportOptions
-                  ) -> ReportSummary:
-    """Run ``report_study`` for each study, superseding its latest report of any version."""
+                  destinations: Sequence[AnyDestination], options: ReportOptions,
+                  ensemble: EnsembleSource | None = None) -> ReportSummary:
+    """Run ``report_study`` for each study, superseding its latest report of any version;
+    ``ensemble`` gives the result images their heatmaps, as in live reporting."""
     summary = ReportSummary()
     for study_id in study_ids:
         with sessions() as session:
@@ -76,7 +77,8 @@ def write_reports(sessions: sessionmaker[Session], study_ids: Sequence[int], *,
         try:
             outcome = report_study(sessions, study_id, identity=identity,
                                    model_version=model_version, destinations=destinations,
-                                   options=options, supersedes=supersedes)
+                                   options=options, supersedes=supersedes,
+                                   ensemble=ensemble)
         except (SRError, OSError) as exc:
             summary.failed[study_id] = str(exc)
             logger.error("study %d: no report: %s", study_id, exc)
@@ -96,17 +98,21 @@ def _recorded(sessions: sessionmaker[Session], report_id: int) -> list[tuple[str
 
 
 def deliver_inline(sessions: sessionmaker[Session], summary: ReportSummary, *,
-                   destinations: Mapping[str, Destination], send: Sender,
-                   options: DeliveryOptions, broker: Callable[[], Celery]) -> None:
-    """One attempt per new report's recorded delivery; retries go to the ``deliver`` queue."""
+                   destinations: Mapping[str, AnyDestination], send: Sender,
+                   options: DeliveryOptions, broker: Callable[[], Celery],
+                   commit: CommitHook | None = None) -> None:
+    """One attempt per new report's recorded delivery; retries go to the ``deliver`` queue,
+    and so do deliveries a sent one released (their destination answers again)."""
     for _, report_id in summary.written:
         for label, item in _recorded(sessions, report_id):
             result = deliver_report(sessions, report_id, label, destinations=destinations,
-                                    send=send, options=options, item=item)
+                                    send=send, options=options, item=item, commit=commit)
             state = result.state.value if result.state else "unknown"
             summary.deliveries[state] += 1
             if result.retry_in_s is not None:
                 _publish(broker, report_id, label, item, result.retry_in_s)
+            for key in result.released:
+                _publish(broker, key.report_id, key.destination, key.item, None)
 
 
 def queue_deliveries(sessions: sessionmaker[Session], summary: ReportSummary,

@@ -10,6 +10,7 @@ probabilities) for ``cxr-triage drift``. docs/rescore.md describes flags and exi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -39,7 +40,7 @@ from db.runs import (
 )
 from training.manifest import EnsembleManifest, load_manifest
 from worker import hooks
-from worker.deliver.delivery import scu_sender
+from worker.deliver.channels import channel_sender, commitment_hook
 from worker.deliver.destinations import parse_destinations
 from worker.models.store import live_model_dir
 from worker.report.identity import model_identity
@@ -262,13 +263,17 @@ def report_step(sessions: sessionmaker[Session], request: RescoreRequest,
     summary = write_reports(sessions, study_ids, identity=model_identity(manifest),
                             model_version=manifest.model_version,
                             destinations=list(destinations.values()),
-                            options=report_options(worker, socket.gethostname()))
+                            options=report_options(worker, socket.gethostname()),
+                            # loaded only if a study gets a result image (its heatmap)
+                            ensemble=functools.cache(
+                                lambda: load_model(request.model_dir, worker)))
     if request.distributed:
         queue_deliveries(sessions, summary, broker)
     else:
+        options = delivery_options(worker)
         deliver_inline(sessions, summary, destinations=destinations,
-                       send=scu_sender(worker.calling_ae), broker=broker,
-                       options=delivery_options(worker))
+                       send=channel_sender(sessions, options), broker=broker, options=options,
+                       commit=commitment_hook(sessions, options))
     return summary
 
 

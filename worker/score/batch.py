@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.runs import record_failure
 from db.scores import NewScore, mark_failed, record_score
+from worker.score.cam import as_rows
 from worker.score.decision import NOT_ASSESSABLE_TEXT, Decision, decide, fold_votes
 from worker.score.ensemble import BatchPrediction
 
@@ -206,7 +207,8 @@ def _new_score(model: BatchModel, predicted: Predicted, index: int,
         threshold=threshold, decision=decision.value,
         # the image's decode time plus the batch's forward pass (docs/worker.md)
         latency_ms=round(batch.decode_ms[index] + predicted.infer_ms, 3),
-        batch_size=len(batch.refs), device=model.device, worker_host=context.worker_host)
+        batch_size=len(batch.refs), device=model.device, worker_host=context.worker_host,
+        cam=None if (cam := prediction.cam(index)) is None else as_rows(cam))
 
 
 def record_batch(sessions: sessionmaker[Session], model: BatchModel, predicted: Predicted,

@@ -13,16 +13,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from common.errors import TriageError
+from common.hardware import Capabilities, detect
 from training.manifest import EnsembleManifest, load_manifest
 from training.model import ARCHITECTURE, load_fold_model
-from training.ood import Gate, features_and_logits, load_gate
+from training.ood import Gate, load_gate, stage_outputs
 from training.preprocessing import PreprocessConfig, load_unit_image, to_model_tensor
-from worker.score.openvino import Runner, compile_ensemble
-from worker.settings import BACKENDS, PRECISIONS, InferenceSettings
+from worker.score.cam import fold_mean_cam, stage_cam
+from worker.score.int8 import compile_int8
+from worker.score.openvino import compile_ensemble
+from worker.score.precision import Int8Graph, PrecisionChoice, PrecisionError, plan
+from worker.settings import InferenceSettings
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +35,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 # (folds, B) positive-class probabilities and, when the path yields them, each fold's
-# (B, 2048) pooled features for the image gate (training.ood) from the same forward pass.
-FoldRun = tuple[torch.Tensor, list[torch.Tensor] | None]
+# (B, 3840) pooled features for the image gate (training.ood) and (B, h, w) Grad-CAM before
+# ReLU for the result image (worker.score.cam), from the same forward pass.
+FoldRun = tuple[torch.Tensor, list[torch.Tensor] | None, list[torch.Tensor] | None]
 FoldRunner = Callable[[torch.Tensor], FoldRun]
 
 
@@ -41,19 +47,15 @@ def _torch_runner(models: Sequence[nn.Module], positive: int, device: str,
 
     def run(batch: torch.Tensor) -> FoldRun:
         x = batch.to(device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        probs, features = [], []
+        probs, features, cams = [], [], []
         for model in models:
-            pooled, logits = features_and_logits(model, x)
+            pooled, logits, last = stage_outputs(model, x)
             probs.append(torch.softmax(logits.float(), dim=1)[:, positive])
             features.append(pooled.float().cpu())
-        return torch.stack(probs).cpu(), features
+            cams.append(stage_cam(last, model, positive).cpu())
+        return torch.stack(probs).cpu(), features, cams
 
     return run
-
-
-def _without_features(runner: Runner) -> FoldRunner:
-    """A backend that yields probabilities only (OpenVINO's compiled graph)."""
-    return lambda batch: (runner(batch), None)
 
 
 class EnsembleError(TriageError):
@@ -80,6 +82,11 @@ class BatchPrediction:
     folds: tuple[tuple[float, ...], ...]
     gate_scores: tuple[float, ...] = ()
     not_assessable: tuple[bool, ...] = ()
+    cams: np.ndarray | None = None  # (B, h, w) fold-mean Grad-CAM (worker.score.cam)
+
+    def cam(self, index: int) -> np.ndarray | None:
+        """Image ``index``'s fold-mean Grad-CAM, when the path computed one."""
+        return None if self.cams is None else self.cams[index]
 
     def unlike_training_data(self, index: int) -> bool:
         """Whether image ``index`` was refused by the gate (never, with the gate off)."""
@@ -92,17 +99,19 @@ class Ensemble:
     def __init__(self, manifest: EnsembleManifest, models: Sequence[nn.Module], device: str,
                  directory: Path, precision: str = "fp32", runner: FoldRunner | None = None,
                  exact_margin: float = 0.0, backend: str = "torch",
-                 gate: Gate | None = None) -> None:
+                 gate: Gate | None = None, choice: PrecisionChoice | None = None) -> None:
         self.manifest = manifest
-        self.precision = precision
-        self.backend = backend  # what runs: torch, or openvino (on the CPU only)
-        self.runner = runner  # a faster approximate path (bf16 or OpenVINO), else None
+        self.precision = precision  # what runs: fp32, bf16 or int8 (``auto`` resolved)
+        self.backend = backend  # torch, or openvino (on the CPU only)
+        self.choice = choice or PrecisionChoice(precision, backend, "given")
+        self.runner = runner  # a faster approximate path (bf16, int8 or OpenVINO), else None
         self.exact_margin = exact_margin
         self.models = list(models)
         self.device = device
         self.directory = directory
         self.config: PreprocessConfig = manifest.preprocess_config()
         self.gate = gate  # None: trained before the image gate; every image is assessed
+        self.rescored = 0  # images the fast path handed to fp32 (near the threshold) so far
 
     @property
     def model_version(self) -> str:
@@ -113,22 +122,18 @@ class Ensemble:
         return float(self.manifest.threshold)
 
     @classmethod
-    def load(cls, model_dir: Path, inference: InferenceSettings) -> Ensemble:
+    def load(cls, model_dir: Path, inference: InferenceSettings,
+             capabilities: Capabilities | None = None) -> Ensemble:
         """Read the manifest, check every fold's SHA-256, load the folds as ``inference`` says.
 
-        The one loader of live scoring and both re-scoring paths. Precision ``bf16`` casts the
-        weights to bfloat16 (about 2x faster on CPUs with AVX-512 BF16, PERF-NOTES); ``fp32``
-        is the exact reference. Backend ``openvino`` compiles all folds as one OpenVINO graph
-        on the CPU (:mod:`worker.score.openvino`), cached in ``openvino_cache_dir``. With
-        either, images whose mean lands within ``exact_margin`` of the threshold are scored
-        again with the fp32 models, so decisions match fp32 whenever the fast path is off by
-        less than the margin.
+        The one loader of live scoring and both re-scoring paths. ``auto`` precision and backend
+        are resolved for this hardware (``capabilities``, detected unless given) by
+        :func:`worker.score.precision.choose_precision`: int8 (OpenVINO, with a current int8
+        graph from ``cxr-triage model quantize``), bf16 (native only), or fp32 on OpenVINO or
+        torch. Every path but torch fp32 is a fast approximation: images whose mean lands
+        within ``exact_margin`` of the threshold are scored again with the fp32 torch models,
+        so decisions match fp32 whenever the fast path is off by less than the margin.
         """
-        precision, backend = inference.precision, inference.backend
-        if precision not in PRECISIONS:
-            raise EnsembleError(f"inference precision {precision!r}: use fp32 or bf16")
-        if backend not in BACKENDS:
-            raise EnsembleError(f"inference backend {backend!r}: use torch or openvino")
         started = time.monotonic()
         if inference.torch_threads > 0:
             torch.set_num_threads(inference.torch_threads)
@@ -137,25 +142,27 @@ class Ensemble:
             raise EnsembleError(f"{model_dir}: architecture {manifest.architecture!r} is not "
                                 f"{ARCHITECTURE!r}; this worker runs ResNet-50 ensembles")
         target = resolve_device(inference.device)
+        try:
+            choice, graph = plan(inference.precision, inference.backend, device=target,
+                                 caps=capabilities or detect(),
+                                 cache_dir=inference.openvino_cache_dir,
+                                 model_version=manifest.model_version,
+                                 input_size=manifest.input_size,
+                                 fold_hashes=[f.sha256 for f in manifest.folds],
+                                 gated=bool(manifest.ood_gate))
+        except PrecisionError as exc:
+            raise EnsembleError(str(exc)) from exc
         models = []
         for path in manifest.fold_paths(Path(model_dir)):
             model = load_fold_model(path, num_classes=len(manifest.class_names), device=target)
             models.append(model.to(memory_format=torch.channels_last))
-        runner: FoldRunner | None = None
-        backend = "openvino" if backend == "openvino" and target == "cpu" else "torch"
-        if backend == "openvino":
-            runner = _without_features(compile_ensemble(
-                models, positive=manifest.positive_index, size=manifest.input_size,
-                precision=precision, model_version=manifest.model_version,
-                cache_dir=inference.openvino_cache_dir, threads=inference.torch_threads))
-        elif precision != "fp32":
-            fast = [copy.deepcopy(m).to(dtype=DTYPES[precision]) for m in models]
-            runner = _torch_runner(fast, manifest.positive_index, target, DTYPES[precision])
-        logger.info("ensemble %s: %d folds loaded on %s (%s, %s) in %.1f s (threads %d)",
-                    manifest.model_version, len(models), target, precision, backend,
-                    time.monotonic() - started, torch.get_num_threads())
-        return cls(manifest, models, target, Path(model_dir), precision, runner,
-                   inference.exact_margin, backend, _load_gate(manifest, Path(model_dir)))
+        runner = _fast_runner(choice, models, manifest, target, inference, graph)
+        logger.info("ensemble %s: %d folds loaded on %s in %.1f s (threads %d); inference %s",
+                    manifest.model_version, len(models), target, time.monotonic() - started,
+                    torch.get_num_threads(), choice.describe())
+        return cls(manifest, models, target, Path(model_dir), choice.precision, runner,
+                   inference.exact_margin, choice.backend,
+                   _load_gate(manifest, Path(model_dir)), choice)
 
     def preprocess(self, path: Path) -> torch.Tensor:
         """One image file to its (3, size, size) model tensor (training's code path)."""
@@ -165,9 +172,8 @@ class Ensemble:
     def predict(self, batch: torch.Tensor) -> BatchPrediction:
         """Run every fold on a (B, 3, H, W) batch and summarise the positive-class softmax.
 
-        The gate score comes from the same forward pass (the pooled features before the head);
-        a backend that yields no features (OpenVINO) gets them from the fp32 models, for the
-        gate only.
+        The gate score comes from the same forward pass (the pooled features of each stage;
+        OpenVINO graphs return them as their second output).
         """
         if batch.ndim != 4 or batch.shape[0] == 0:
             raise EnsembleError(f"expected a non-empty (B, 3, H, W) batch, got {batch.shape}")
@@ -175,14 +181,18 @@ class Ensemble:
                                   torch.float32)
         with torch.inference_mode():
             if self.runner is None:
-                probs, features = reference(batch)
+                probs, features, cams = reference(batch)
             else:
-                probs, features = self.runner(batch)
+                probs, features, cams = self.runner(batch)
                 close = (probs.mean(dim=0) - self.threshold).abs() < self.exact_margin
                 if bool(close.any()):  # near the threshold: let fp32 decide
-                    probs[:, close] = reference(batch[close])[0]
-                if features is None and self.gate is not None:
-                    features = reference(batch)[1]
+                    self.rescored += int(close.sum())
+                    exact, exact_features, exact_cams = reference(batch[close])
+                    probs[:, close] = exact
+                    for ours, theirs in ((features, exact_features), (cams, exact_cams)):
+                        if ours is not None and theirs is not None:
+                            for fold, values in zip(ours, theirs, strict=True):
+                                fold[close] = values
         mean = probs.mean(dim=0)
         std = probs.std(dim=0, unbiased=False)
         gate_scores: tuple[float, ...] = ()
@@ -196,7 +206,26 @@ class Ensemble:
             std=tuple(float(v) for v in std),
             folds=tuple(tuple(float(v) for v in probs[:, i]) for i in range(probs.shape[1])),
             gate_scores=gate_scores, not_assessable=refused,
+            cams=None if cams is None else fold_mean_cam(cams),
         )
+
+
+def _fast_runner(choice: PrecisionChoice, models: Sequence[nn.Module],
+                 manifest: EnsembleManifest, device: str, inference: InferenceSettings,
+                 graph: Int8Graph) -> FoldRunner | None:
+    """The chosen fast path, or ``None`` for torch fp32 (the exact reference itself)."""
+    if choice.backend == "openvino":
+        if choice.precision == "int8":
+            return compile_int8(graph, threads=inference.torch_threads)
+        return compile_ensemble(
+            models, positive=manifest.positive_index, size=manifest.input_size,
+            precision=choice.precision, model_version=manifest.model_version,
+            cache_dir=inference.openvino_cache_dir, threads=inference.torch_threads)
+    if choice.precision == "fp32":
+        return None
+    dtype = DTYPES[choice.precision]
+    fast = [copy.deepcopy(m).to(dtype=dtype) for m in models]
+    return _torch_runner(fast, manifest.positive_index, device, dtype)
 
 
 def _load_gate(manifest: EnsembleManifest, directory: Path) -> Gate | None:

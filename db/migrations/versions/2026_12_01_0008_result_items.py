@@ -1,5 +1,6 @@
-"""Delivery items and channels: the result image, per-revision SR series, what each delivery
-carries, how long its destination has been failing, and Storage Commitment.
+"""Result items and delivery channels: the scoring pass's Grad-CAM, the result image,
+per-revision SR series, what each delivery carries, how long its destination has been
+failing, and Storage Commitment.
 
 Existing deliveries carry the SR (``item = 'sr'``).
 
@@ -29,6 +30,8 @@ _DELIVERY_COLUMNS = ("failing_since", "commitment", "commitment_uid", "commitmen
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("score") as batch:
+        batch.add_column(sa.Column("cam", sa.JSON(), nullable=True))
     with op.batch_alter_table("report") as batch:
         batch.add_column(sa.Column("sr_series_number", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("image_series_instance_uid", sa.String(64), nullable=True))
@@ -46,11 +49,16 @@ def upgrade() -> None:
         batch.add_column(sa.Column("commitment_requested_at", UTCDateTime(), nullable=True))
         batch.add_column(sa.Column("commitment_updated_at", UTCDateTime(), nullable=True))
         batch.add_column(sa.Column("commitment_error", sa.String(1024), nullable=True))
+        batch.create_index("ix_delivery_commitment_uid", ["commitment_uid"])
+        batch.create_index("ix_delivery_commitment_requested_at",
+                           ["commitment", "commitment_requested_at"])
 
 
 def downgrade() -> None:
     op.execute("DELETE FROM delivery WHERE item <> 'sr'")
     with op.batch_alter_table("delivery") as batch:
+        batch.drop_index("ix_delivery_commitment_requested_at")
+        batch.drop_index("ix_delivery_commitment_uid")
         for column in _DELIVERY_COLUMNS:
             batch.drop_column(column)
         batch.drop_constraint("uq_delivery_report_destination_item", type_="unique")
@@ -60,3 +68,5 @@ def downgrade() -> None:
     with op.batch_alter_table("report") as batch:
         for column in _REPORT_COLUMNS:
             batch.drop_column(column)
+    with op.batch_alter_table("score") as batch:
+        batch.drop_column("cam")

@@ -1,0 +1,109 @@
+"""int8 through NNCF: built from real training images, cached per model version, decisions
+re-checked in fp32 near the threshold, gate features exported by the graph."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from cxr_triage.cli import main
+from tests.worker.conftest import load_cpu
+from tests.worker.int8_support import CALIBRATION_IMAGES, quantized_ensemble, set_threshold
+from training.manifest import load_manifest
+from training.ood import features_and_logits
+from worker.score.int8 import compile_int8, quantize_ensemble
+from worker.score.precision import int8_graph, weights_digest
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory: pytest.TempPathFactory, shared_data: Path
+              ) -> tuple[Path, Path]:
+    model_dir, cache, graph = quantized_ensemble(tmp_path_factory.mktemp("int8"), shared_data)
+    assert graph.ready, graph.reason
+    return model_dir, cache
+
+
+@pytest.fixture(scope="module")
+def real_batch(quantized: tuple[Path, Path], shared_data: Path) -> torch.Tensor:
+    model = load_cpu(quantized[0])
+    files = sorted((shared_data / "cxr").glob("*/*.png"))[::40][:6]
+    return torch.stack([model.preprocess(path) for path in files])
+
+
+def test_the_graph_records_its_weights_and_calibration_source(
+        quantized: tuple[Path, Path], shared_data: Path) -> None:
+    model_dir, cache = quantized
+    manifest = load_manifest(model_dir)
+    hashes = [f.sha256 for f in manifest.folds]
+    graph = int8_graph(cache, manifest.model_version, manifest.input_size, hashes)
+    meta = json.loads(graph.path.with_suffix(".json").read_text())
+    assert graph.ready and manifest.model_version in graph.path.name
+    assert meta["weights_sha256"] == weights_digest(hashes)
+    calibration = meta["calibration"]
+    assert calibration["source"] == str((shared_data / "cxr").resolve())
+    assert calibration["images"] == CALIBRATION_IMAGES == len(calibration["files"])
+    assert calibration["per_class"] == {"covid": 6, "normal": 6}
+    assert all(Path(f).is_file() for f in calibration["files"])
+    # a retrained model (other fold hashes) does not use it; quantize then rebuilds
+    assert not int8_graph(cache, manifest.model_version, manifest.input_size,
+                          [*hashes[:-1], "0" * 64]).ready
+    again = quantize_ensemble(model_dir, shared_data / "cxr", cache, images=CALIBRATION_IMAGES)
+    assert again.ready and json.loads(graph.path.with_suffix(".json").read_text()) == meta
+
+
+def test_the_int8_graph_exports_the_gate_features(quantized: tuple[Path, Path],
+                                                  real_batch: torch.Tensor) -> None:
+    model_dir, cache = quantized
+    manifest = load_manifest(model_dir)
+    graph = int8_graph(cache, manifest.model_version, manifest.input_size,
+                       [f.sha256 for f in manifest.folds])
+    probs, features, cams = compile_int8(graph, threads=1)(real_batch)
+    exact = load_cpu(model_dir)
+    with torch.inference_mode():
+        reference = [features_and_logits(m, real_batch)[0] for m in exact.models]
+    assert probs.shape == (2, len(real_batch))
+    assert [f.shape for f in features] == [r.shape for r in reference] == [
+        (len(real_batch), 3840)] * 2
+    for ours, theirs in zip(features, reference, strict=True):  # int8: close, not equal
+        assert torch.corrcoef(torch.stack([ours.flatten(), theirs.flatten()]))[0, 1] > 0.95
+    assert cams is not None and len(cams) == 2  # the Grad-CAM output survives quantization
+    assert cams[0].shape[0] == len(real_batch)
+
+
+def test_int8_decisions_near_the_threshold_are_rechecked_in_fp32(
+        quantized: tuple[Path, Path], real_batch: torch.Tensor, tmp_path: Path) -> None:
+    model_dir, cache = quantized
+    exact = load_cpu(model_dir).predict(real_batch).mean
+    rough = load_cpu(model_dir, precision="int8", backend="openvino", openvino_cache_dir=cache,
+                     exact_margin=0.0)
+    assert (rough.precision, rough.backend) == ("int8", "openvino")
+    raw = rough.predict(real_batch).mean
+    assert abs(raw[0] - exact[0]) > 1e-5  # int8 alone gives image 0 another probability
+    # the threshold right between the two: int8 alone decides image 0 the other way
+    near = tmp_path / "near"
+    shutil.copytree(model_dir, near)
+    threshold = (raw[0] + exact[0]) / 2
+    set_threshold(near, threshold)
+    assert (raw[0] >= threshold) != (exact[0] >= threshold)
+    checked = load_cpu(near, precision="int8", backend="openvino", openvino_cache_dir=cache,
+                       exact_margin=0.02)
+    result = checked.predict(real_batch).mean
+    assert checked.rescored >= 1  # image 0 (and any other this close) went to fp32
+    assert result[0] == pytest.approx(exact[0], abs=1e-5)  # the fp32 models scored it
+    assert [m >= threshold for m in result] == [m >= threshold for m in exact]
+
+
+def test_model_quantize_command_keeps_a_current_graph(
+        quantized: tuple[Path, Path], shared_data: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    model_dir, cache = quantized
+    monkeypatch.setenv("TRIAGE_OPENVINO_CACHE_DIR", str(cache))
+    argv = ["model", "quantize", "--model", str(model_dir), "--data", str(shared_data / "cxr"),
+            "--images", str(CALIBRATION_IMAGES)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"is built ({CALIBRATION_IMAGES} calibration images)" in out and str(cache) in out

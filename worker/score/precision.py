@@ -1,0 +1,243 @@
+"""Which precision and backend the ensemble runs in: ``auto`` picks the fastest exact path.
+
+"Exact" means decisions equal to torch fp32: every fast path (bf16, int8, OpenVINO) hands the
+images whose probability lands within ``TRIAGE_EXACT_MARGIN`` of the threshold to the fp32
+models (:meth:`worker.score.ensemble.Ensemble.predict`). ``auto`` never picks what the hardware
+lacks: bf16 only with native bf16 (AVX512-BF16, AMX-BF16, or a CUDA device with bf16), int8
+only with int8 dot products (VNNI or AMX) and a current int8 graph of the model. Speeds behind
+the order (docs/benchmarks.md, PERF-NOTES): on Zen 4 OpenVINO int8 > OpenVINO bf16 (5.1 img/s)
+> torch bf16 (3.6) > OpenVINO fp32 (2.5) > torch fp32 (1.9); on Zen 3 OpenVINO fp32 (1.42) >
+torch fp32 (1.07) > torch bf16 (0.15, emulated).
+
+Nothing here imports torch: ``cxr-triage model list`` shows the choice without loading a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import TriageError
+from common.hardware import Capabilities
+from worker.settings import BACKENDS as BACKEND_SETTINGS
+from worker.settings import PRECISIONS as PRECISION_SETTINGS
+
+logger = logging.getLogger(__name__)
+# Bumped whenever the OpenVINO graph's inputs or outputs change, so an older cached graph is
+# not read (pf1: probabilities and the gate's pooled features).
+GRAPH_FORMAT = "pf1"
+INT8 = "int8"
+# bench/ensemble.py on a trained 10-fold ensemble and 344 real images: int8 kept every
+# probability decision but changed 17 of 344 image-gate decisions (gate scores off by 39 % of
+# the threshold on average): the Mahalanobis distance reads directions of tiny variance, which
+# int8 rounding fills. bf16 and fp32 graphs changed none.
+INT8_GATE_REASON = ("the model has image-gate statistics and int8 features change the gate's "
+                    "decisions")
+
+
+class PrecisionError(TriageError):
+    """The asked-for precision can't run here."""
+
+
+def openvino_installed() -> bool:
+    """Whether the ``openvino`` package can be imported (without importing it)."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def graph_path(cache_dir: Path, model_version: str, size: int, kind: str) -> Path:
+    """Where the converted graph of one model version, input size and kind (``f32`` or
+    ``int8``) is cached; its sidecar metadata is the same path with ``.json``."""
+    return cache_dir / f"{model_version}-{size}-{kind}-{GRAPH_FORMAT}.xml"
+
+
+@dataclass(frozen=True)
+class Int8Graph:
+    """Whether a current int8 graph exists for a model, and why not when it doesn't."""
+
+    ready: bool
+    path: Path
+    reason: str
+
+
+def weights_digest(fold_hashes: Sequence[str]) -> str:
+    """SHA-256 over the fold files' SHA-256s: changes whenever any fold's weights change."""
+    return hashlib.sha256("".join(fold_hashes).encode()).hexdigest()
+
+
+def int8_graph(cache_dir: Path, model_version: str, size: int,
+               fold_hashes: Sequence[str]) -> Int8Graph:
+    """The cached int8 graph of this model, if it exists and was built from these weights."""
+    path = graph_path(cache_dir, model_version, size, INT8)
+    meta_path = path.with_suffix(".json")
+    if not (path.is_file() and path.with_suffix(".bin").is_file() and meta_path.is_file()):
+        return Int8Graph(False, path, f"no int8 graph of model {model_version} in {cache_dir} "
+                         "(`cxr-triage model quantize` builds it)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return Int8Graph(False, path, f"int8 graph metadata {meta_path} unreadable: {exc}")
+    if meta.get("weights_sha256") != weights_digest(fold_hashes):
+        return Int8Graph(False, path, f"the int8 graph {path.name} was built from other "
+                         "weights (`cxr-triage model quantize` rebuilds it)")
+    calibration = meta.get("calibration", {})
+    return Int8Graph(True, path, f"the int8 graph of model {model_version} is built "
+                     f"({calibration.get('images', '?')} calibration images)")
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What runs, and why."""
+
+    precision: str  # fp32, bf16 or int8
+    backend: str  # torch or openvino
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.precision} on {self.backend} ({self.reason})"
+
+
+def _bf16_flag(caps: Capabilities) -> str:
+    return "/".join(sorted(f for f in caps.flags if "bf16" in f)) or "no bf16 flag"
+
+
+def _int8_flag(caps: Capabilities) -> str:
+    return "/".join(sorted(f for f in caps.flags if "vnni" in f or f == "amx_int8"))
+
+
+def _cuda(precision: str, caps: Capabilities) -> PrecisionChoice:
+    """On a CUDA device the torch path runs; int8 is a CPU (OpenVINO) path only."""
+    if precision == "int8":
+        raise PrecisionError("TRIAGE_INFERENCE_PRECISION=int8 runs on the CPU (OpenVINO) only; "
+                             "use auto, bf16 or fp32 on CUDA")
+    if precision == "auto":
+        if caps.gpu_bf16:
+            return PrecisionChoice("bf16", "torch", f"auto: {caps.gpu or 'the GPU'} computes "
+                                   "bf16 natively")
+        return PrecisionChoice("fp32", "torch", f"auto: {caps.gpu or 'the GPU'} has no native "
+                               "bf16")
+    if precision == "bf16" and not caps.gpu_bf16:
+        logger.warning("TRIAGE_INFERENCE_PRECISION=bf16 on %s, which has no native bf16: "
+                       "expect it to be slower than fp32", caps.gpu or "this GPU")
+    return PrecisionChoice(precision, "torch", f"TRIAGE_INFERENCE_PRECISION={precision}")
+
+
+def _auto_cpu(caps: Capabilities, use_openvino: bool, int8_ready: bool,
+              int8_reason: str, no_openvino: str, gated: bool) -> PrecisionChoice:
+    if use_openvino and caps.int8_dot and int8_ready and not gated:
+        return PrecisionChoice("int8", "openvino", f"auto: int8 dot products "
+                               f"({_int8_flag(caps)}) and {int8_reason}")
+    why_not_int8 = ("no VNNI/AMX for int8" if not caps.int8_dot else
+                    no_openvino if not use_openvino else
+                    INT8_GATE_REASON if gated else int8_reason)
+    if caps.native_bf16:
+        backend = "openvino" if use_openvino else "torch"
+        return PrecisionChoice("bf16", backend, f"auto: native bf16 ({_bf16_flag(caps)}); "
+                               f"not int8: {why_not_int8}")
+    backend = "openvino" if use_openvino else "torch"
+    return PrecisionChoice("fp32", backend, f"auto: no native bf16 (bf16 would be emulated, "
+                           f"slower than fp32); not int8: {why_not_int8}")
+
+
+def choose_precision(precision: str, backend: str, *, device: str, caps: Capabilities,
+                     openvino: bool, int8_ready: bool = False,
+                     int8_reason: str = "no int8 graph", gated: bool = False) -> PrecisionChoice:
+    """The precision and backend for these settings on this hardware.
+
+    Parameters
+    ----------
+    precision, backend : the settings (``auto`` or a value of each).
+    device : the resolved device, ``cpu`` or ``cuda``.
+    caps : the hardware report (tests pass a made-up one).
+    openvino : whether the openvino package is installed.
+    int8_ready, int8_reason : whether a current int8 graph of the model exists, and why not.
+    gated : whether the model has image-gate statistics (``auto`` then avoids int8, whose
+        features change the gate's decisions).
+    """
+    if precision not in PRECISION_SETTINGS:
+        raise PrecisionError(f"inference precision {precision!r}: use "
+                             f"{', '.join(PRECISION_SETTINGS)}")
+    if backend not in BACKEND_SETTINGS:
+        raise PrecisionError(f"inference backend {backend!r}: use {', '.join(BACKEND_SETTINGS)}")
+    if device != "cpu":
+        return _cuda(precision, caps)
+    if backend == "openvino" and not openvino:
+        raise PrecisionError("TRIAGE_INFERENCE_BACKEND=openvino but the openvino package is "
+                             "not installed: pip install -c constraints.txt openvino")
+    use_openvino = backend == "openvino" or (backend == "auto" and openvino)
+    if precision == "auto":
+        return _auto_cpu(caps, use_openvino, int8_ready, int8_reason,
+                         "OpenVINO not installed" if backend == "auto" else
+                         "TRIAGE_INFERENCE_BACKEND=torch", gated)
+    if precision == "int8":
+        if not use_openvino:
+            raise PrecisionError("int8 runs through OpenVINO: set TRIAGE_INFERENCE_BACKEND to "
+                                 "auto or openvino and install openvino")
+        if not int8_ready:
+            raise PrecisionError(f"TRIAGE_INFERENCE_PRECISION=int8: {int8_reason}")
+        if not caps.int8_dot:
+            logger.warning("int8 on %s without VNNI/AMX: int8 gains less here; measure it with "
+                           "bench/ensemble.py", caps.cpu_model)
+        if gated:
+            logger.warning("TRIAGE_INFERENCE_PRECISION=int8 with an image gate: %s (about 5 %% "
+                           "of images in bench/ensemble.py); `auto` avoids int8 here",
+                           INT8_GATE_REASON)
+    if precision == "bf16" and not caps.native_bf16:
+        logger.warning("TRIAGE_INFERENCE_PRECISION=bf16 on %s, which has NO native bf16: torch "
+                       "emulates it, about 7x slower than fp32 (PERF-NOTES, Zen 3), and "
+                       "OpenVINO ignores the hint; use auto", caps.cpu_model)
+    backend_used = "openvino" if use_openvino else "torch"
+    source = f"TRIAGE_INFERENCE_PRECISION={precision}"
+    if backend == "auto" and use_openvino:
+        source += ", OpenVINO: faster than torch on every CPU measured"
+    return PrecisionChoice(precision, backend_used, source)
+
+
+def planned_device(setting: str, caps: Capabilities) -> str:
+    """``TRIAGE_DEVICE`` as the loader will resolve it: ``auto`` is CUDA when a GPU exists."""
+    if setting == "auto":
+        return "cuda" if caps.gpu else "cpu"
+    return setting
+
+
+def plan(precision: str, backend: str, *, device: str, caps: Capabilities, cache_dir: Path,
+         model_version: str, input_size: int, fold_hashes: Sequence[str], gated: bool
+         ) -> tuple[PrecisionChoice, Int8Graph]:
+    """The choice for one model (its int8 graph looked up in ``cache_dir``)."""
+    graph = int8_graph(cache_dir, model_version, input_size, fold_hashes)
+    choice = choose_precision(precision, backend, device=device, caps=caps,
+                              openvino=openvino_installed(), int8_ready=graph.ready,
+                              int8_reason=graph.reason, gated=gated)
+    return choice, graph
+
+
+def plan_from_manifest(manifest: dict[str, object], precision: str, backend: str, *,
+                       device: str, caps: Capabilities, cache_dir: Path) -> PrecisionChoice:
+    """:func:`plan` from a raw ``ensemble.json`` (the model store's copy): no torch import."""
+    folds = manifest.get("folds")
+    hashes = [str(f.get("sha256", "")) for f in folds if isinstance(f, dict)] if isinstance(
+        folds, list) else []
+    size = manifest.get("input_size")
+    return plan(precision, backend, device=device, caps=caps, cache_dir=cache_dir,
+                model_version=str(manifest.get("model_version", "?")),
+                input_size=size if isinstance(size, int) else 0, fold_hashes=hashes,
+                gated=bool(manifest.get("ood_gate")))[0]
+
+
+def describe_plan(model_dir: Path, precision: str, backend: str, *, device_setting: str,
+                  caps: Capabilities, cache_dir: Path) -> str:
+    """What the model in ``model_dir`` will run in here, and why (or why that is unknown)."""
+    try:
+        manifest = json.loads((model_dir / "ensemble.json").read_text(encoding="utf-8"))
+        choice = plan_from_manifest(manifest, precision, backend,
+                                    device=planned_device(device_setting, caps), caps=caps,
+                                    cache_dir=cache_dir)
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"unknown until the model loads ({model_dir}: {exc})"
+    except PrecisionError as exc:
+        return f"REFUSED: {exc}"
+    return choice.describe()
