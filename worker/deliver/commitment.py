@@ -19,7 +19,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import N_EVENT_REPORT
 from pynetdicom.events import Event
@@ -34,7 +34,6 @@ from common.commitment import (
     EventReportStatus,
     parse_event_report,
 )
-from common.dicom_ids import IMPLEMENTATION_CLASS_UID, implementation_version_name
 from db.commitments import (
     DeliveryKey,
     find_delivery,
@@ -43,8 +42,8 @@ from db.commitments import (
     record_requested,
 )
 from db.models import CommitmentState
-from worker.deliver.cstore import Timeouts, _association_outcome, _tls_args
-from worker.deliver.destinations import Destination, validate_ae_title
+from worker.deliver.cstore import Timeouts, association_outcome, scu_ae, tls_args
+from worker.deliver.destinations import Destination
 from worker.errors import WorkerError
 
 logger = logging.getLogger(__name__)
@@ -128,7 +127,7 @@ def _no_association(assoc: Association, destination: Destination) -> str:
     primitive = assoc.acceptor.primitive
     if primitive is not None and primitive.result == 0 and not assoc.accepted_contexts:
         return _NOT_OFFERED.format(label=destination.label)
-    return _association_outcome(assoc, destination).reason
+    return association_outcome(assoc, destination).reason
 
 
 def _ask(destination: Destination, request: Dataset, sessions: sessionmaker[Session], *,
@@ -137,19 +136,13 @@ def _ask(destination: Destination, request: Dataset, sessions: sessionmaker[Sess
 
     Returns ``None`` when the request was accepted, else the reason it was not.
     """
-    ae = AE(ae_title=validate_ae_title(calling_ae))
-    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-    ae.implementation_version_name = implementation_version_name()
-    ae.connection_timeout = timeouts.connect
-    ae.acse_timeout = timeouts.acse
-    ae.dimse_timeout = timeouts.dimse
-    ae.network_timeout = timeouts.network
+    ae = scu_ae(calling_ae, timeouts)
     ae.add_requested_context(STORAGE_COMMITMENT_PUSH_MODEL,
                              [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     received = threading.Event()
     assoc = ae.associate(
         destination.host, destination.port, ae_title=destination.ae_title,
-        tls_args=_tls_args(destination),
+        tls_args=tls_args(destination),
         evt_handlers=[(evt.EVT_N_EVENT_REPORT, handle_event_report, [sessions, received])],
     )
     if not assoc.is_established:

@@ -33,6 +33,7 @@ from pynetdicom.association import Association
 
 from common.dicom_ids import IMPLEMENTATION_CLASS_UID, implementation_version_name
 from worker.deliver.destinations import Destination, validate_ae_title
+from worker.deliver.tls import client_context
 from worker.errors import WorkerError
 
 logger = logging.getLogger(__name__)
@@ -167,17 +168,25 @@ def _describe(status: int) -> str:
     return f"0x{status:04X} ({'unknown status' if named is None else named.name})"
 
 
-def _tls_args(destination: Destination) -> tuple[ssl.SSLContext, str] | None:
+def scu_ae(calling_ae: str, timeouts: Timeouts) -> AE:
+    """Our requesting AE: its title, implementation identity and the delivery timeouts."""
+    ae = AE(ae_title=validate_ae_title(calling_ae))
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = implementation_version_name()
+    ae.connection_timeout = timeouts.connect
+    ae.acse_timeout = timeouts.acse
+    ae.dimse_timeout = timeouts.dimse
+    ae.network_timeout = timeouts.network
+    return ae
+
+
+def tls_args(destination: Destination) -> tuple[ssl.SSLContext, str] | None:
     """Client TLS context (PS3.15 B.1/B.9): verify the peer, optional client certificate."""
     if not destination.tls:
         return None
-    ca = str(destination.ca_file) if destination.ca_file else None
     try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if destination.cert_file is not None:
-            key = str(destination.key_file) if destination.key_file else None
-            context.load_cert_chain(str(destination.cert_file), key)
+        context = client_context(destination.ca_file, destination.cert_file,
+                                 destination.key_file)
     except (OSError, ssl.SSLError) as exc:
         raise DeliveryError(
             f"cannot load TLS material for {destination.label}: {exc}; check ca=, cert=, key="
@@ -185,7 +194,7 @@ def _tls_args(destination: Destination) -> tuple[ssl.SSLContext, str] | None:
     return context, destination.host
 
 
-def _association_outcome(assoc: Association, destination: Destination) -> DeliveryOutcome:
+def association_outcome(assoc: Association, destination: Destination) -> DeliveryOutcome:
     """Why no association was established (PS3.8 7.1.1.9, 9.3.4)."""
     label = destination.label
     primitive = assoc.acceptor.primitive
@@ -258,13 +267,7 @@ def send_file(
         return DeliveryOutcome(OutcomeKind.SHADOW, "shadow destination: recorded, not sent",
                                destination=destination.label)
     ds = _read(Path(path))
-    ae = AE(ae_title=validate_ae_title(calling_ae))
-    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-    ae.implementation_version_name = implementation_version_name()
-    ae.connection_timeout = timeouts.connect
-    ae.acse_timeout = timeouts.acse
-    ae.dimse_timeout = timeouts.dimse
-    ae.network_timeout = timeouts.network
+    ae = scu_ae(calling_ae, timeouts)
     syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
     file_meta = getattr(ds, "file_meta", None)
     file_syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
@@ -272,9 +275,9 @@ def send_file(
         syntaxes.insert(0, file_syntax)
     ae.add_requested_context(ds.SOPClassUID, syntaxes)
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
-                         tls_args=_tls_args(destination))
+                         tls_args=tls_args(destination))
     if not assoc.is_established:
-        outcome = _association_outcome(assoc, destination)
+        outcome = association_outcome(assoc, destination)
     else:
         try:
             outcome = _reply_outcome(assoc.send_c_store(ds), destination)

@@ -50,6 +50,7 @@ from db.models import DeliveryItem
 from worker.deliver.cstore import DeliveryOutcome, OutcomeKind
 from worker.deliver.destinations import DestinationError
 from worker.deliver.hl7_message import Hl7MessageError, oru_for_report
+from worker.deliver.tls import client_context
 from worker.errors import WorkerError
 
 if TYPE_CHECKING:
@@ -302,13 +303,9 @@ def tls_context(destination: Hl7Destination) -> ssl.SSLContext | None:
     """Client TLS: verify the RIS (``ca=`` or the system CAs), optional client certificate."""
     if not destination.tls:
         return None
-    ca = str(destination.ca_file) if destination.ca_file else None
     try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if destination.cert_file is not None:
-            key = str(destination.key_file) if destination.key_file else None
-            context.load_cert_chain(str(destination.cert_file), key)
+        context = client_context(destination.ca_file, destination.cert_file,
+                                 destination.key_file)
     except (OSError, ssl.SSLError) as exc:
         raise Hl7Error(f"cannot load TLS material for {destination.label}: {exc}; check ca=, "
                        "cert=, key=") from exc
