@@ -49,7 +49,7 @@ class Case:
     @property
     def label(self) -> str:
         waits = "passive" if self.passive else "active"
-        ahead = " + decode-ahead thread" if self.decode_ahead else ""
+        ahead = " + decode-ahead (decoding process)" if self.decode_ahead else ""
         return f"{self.workload}: {self.threads} torch thread(s), {waits} waits{ahead}"
 
 
