@@ -1,13 +1,13 @@
 """Where the node's time goes per instance: the node runs in this process with timers around
 each step of the durable C-STORE path (used by ``bench/ingest.py``).
 
-Steps timed: receive (from the C-STORE command to the handler: P-DATA parsing, writing the
-temporary file and, since issue 16, hashing it as it arrives), header parse, hash (what is left
-of it after receive), fsync of the file, rename and directory creation, fsync of the directory,
-the database commit, and the rest of the handler. "reply + sender" is what remains of the wall
-time per instance (the C-STORE response and storescu reading and sending its next file); the
-publish to the broker runs on the enqueuer thread, off the acknowledged path, and is listed
-apart.
+Steps timed: receive (from the C-STORE command to the handler: P-DATA parsing and writing the
+temporary file), header parse, hash, the wait for the file's fsync (which runs on a pool thread
+while the handler hashes), rename and directory creation, fsync of the directory, the database
+commit, and the rest of the handler. "reply + sender" is what remains of the wall time per
+instance (the C-STORE response and storescu reading and sending its next file). The publish to
+the broker and the commit that marks instances queued run on the enqueuer thread, off the
+acknowledged path, and are listed apart.
 """
 
 from __future__ import annotations
@@ -165,7 +165,9 @@ def instrumented(clock: StageClock) -> Iterator[None]:
                        _timed_sync_soon(clock, InstanceStore.sync_soon)))
         enter(_patched(Ingestor, "_record", clock.timed("db commit", Ingestor._record)))
         enter(_patched(Ingestor, "ingest", _timed_ingest(clock, Ingestor.ingest)))
-        enter(_patched(Enqueuer, "publish_many", clock.timed("publish", Enqueuer.publish_many)))
+        enter(_patched(Enqueuer, "_publish_each", clock.timed("publish", Enqueuer._publish_each)))
+        enter(_patched(Enqueuer, "_mark_queued", clock.timed("mark queued",
+                                                             Enqueuer._mark_queued)))
         yield
 
 
@@ -206,7 +208,7 @@ def breakdown(clock: StageClock, seconds: float, count: int, associations: int) 
     per = {stage: 1000 * clock.seconds[stage] / count for stage in clock.seconds}
     nested = sum(per.get(stage, 0.0) for stage in NESTED)
     wall = 1000 * seconds / count
-    rows = [("receive (P-DATA to temp file, hashed as it arrives)", per.get("receive", 0.0))]
+    rows = [("receive (P-DATA to the temporary file)", per.get("receive", 0.0))]
     rows += [(LABELS.get(stage, stage), per.get(stage, 0.0)) for stage in NESTED]
     rows.append(("rest of the handler", per.get("handler", 0.0) - nested))
     lines = [f"{'step (ms per instance)':52} {'ms':>7}"]
@@ -218,6 +220,9 @@ def breakdown(clock: StageClock, seconds: float, count: int, associations: int) 
     lines.append(f"{'fsync file (on the pool, while hashing)':52} "
                  f"{per.get('fsync file', 0.0):7.2f}")
     lines.append(f"{'publish (enqueuer thread, after Success)':52} {per.get('publish', 0.0):7.2f}")
+    marks = clock.counts.get("mark queued", 0)
+    lines.append(f"{'mark queued (enqueuer thread, one commit per window)':52} "
+                 f"{per.get('mark queued', 0.0):7.2f}  ({marks} commits for {count} instances)")
     if clock.fragments:
         lines.append(f"P-DATA fragments: {clock.fragments / count:.0f} per instance, "
                      f"{clock.fragment_bytes / clock.fragments / 1024:.0f} KiB each")

@@ -57,7 +57,8 @@ class InferenceSettings:
     Attributes
     ----------
     device : ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-    torch_threads : intra-op threads per scoring process; 0 keeps torch's default.
+    torch_threads : intra-op threads per scoring process; 0: one per usable core
+        (``common.threads``; ``up`` leaves the node one).
     precision : ``auto`` (the fastest path whose decisions equal fp32 on this hardware,
         :mod:`worker.score.precision`; the default from the environment), ``fp32`` (exact
         reference; the field default), ``bf16`` or ``int8`` (OpenVINO, needs
@@ -101,7 +102,7 @@ class InferenceSettings:
             raise SettingError(f"TRIAGE_INFERENCE_BACKEND={self.backend!r}; "
                                f"use one of {', '.join(BACKENDS)}")
         if self.torch_threads < 0:
-            raise SettingError("TRIAGE_TORCH_THREADS must be 0 (torch default) or more")
+            raise SettingError("TRIAGE_TORCH_THREADS must be 0 (one per core) or more")
 
 
 def default_loader_workers() -> int:
@@ -183,8 +184,8 @@ class WorkerSettings:
     score_batch : images scored together in one forward pass.
     score_concurrency, deliver_concurrency : processes of a worker on those queues.
     score_lease_s : a ``scoring`` claim older than this may be taken over by another task.
-    decode_ahead : while a batch is predicted, claim and decode the next one on a second
-        thread (``worker.score.live``); the default torch threads leave it a core.
+    decode_ahead : while a batch is predicted, claim the next one on a second thread and have
+        it decoded by a decoding process (``worker.score.live``, ``worker.score.ahead``).
     delivery_retry_horizon_s : a delivery that keeps failing is retried (capped, jittered
         exponential backoff) until this long after its first failure; then it is ``failed``.
     delivery_backoff_s, delivery_backoff_max_s : exponential backoff base and cap.

@@ -1,22 +1,27 @@
 """Live scoring decodes the next batch while the current one is predicted (issue 16), on SQLite
 and PostgreSQL: the overlap happens, results and claims are those of the serial path, and
-nothing is lost when a batch decoded ahead has an undecodable image or a prediction fails."""
+nothing is lost when a batch decoded ahead has an undecodable image or a prediction fails. With
+a real ensemble the images are decoded in the decoding process, to the same tensors."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
 import pytest
 import torch
-from pydicom.uid import generate_uid
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Instance, InstanceStatus, Score
-from tests.worker.conftest import AddInstance, scoring_options
+from tests.support.syntaxes import write_in
+from tests.worker.conftest import AddInstance, load_cpu, scoring_options
 from tests.worker.fakes import FixedPredictor
-from worker.score.ensemble import BatchPrediction
+from worker.score.ahead import decode_ahead, decoder_pid
+from worker.score.batch import ImageRef, decode_batch
+from worker.score.ensemble import BatchPrediction, Ensemble
 from worker.score.live import ScoreRun, ScoringOptions, score_instances
 
 # 6 instances in batches of 2: one task scores them as a chain of 3 batches
@@ -171,3 +176,54 @@ def test_a_failed_prediction_releases_the_batch_decoded_ahead_too(
     assert any(thread.startswith("decode-ahead") for what, _, thread in predictor.events
                if what == "decode")
     assert _scores(sessions) == {}
+
+
+# --- the decoding process: real codecs, real ensemble -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ensemble(tiny_ensemble: Path) -> Ensemble:
+    return load_cpu(tiny_ensemble)
+
+
+def test_the_decoding_process_gives_the_tensors_of_ensemble_preprocess(
+    ensemble: Ensemble, shared_dicom: Path, tmp_path: Path
+) -> None:
+    files = [write_in(JPEG2000Lossless, tmp_path / "j2k.dcm"),
+             write_in(JPEGLSLossless, tmp_path / "jls.dcm"),
+             shared_dicom / "pylibjpeg-data_RG1_J2KI.dcm",  # a real CR chest, JPEG 2000
+             tmp_path / "broken.dcm"]
+    files[-1].write_bytes(files[0].read_bytes()[:2000])  # truncated: a reason, not an error
+    refs = [ImageRef(n, str(path), "0" * 64) for n, path in enumerate(files)]
+
+    elsewhere = decode_ahead(refs, ensemble)
+    here = decode_batch(refs, ensemble.preprocess)
+
+    pid = decoder_pid()
+    assert pid is not None and pid != os.getpid()  # decoded in the decoding process
+    assert elsewhere.tensors is not None and here.tensors is not None
+    assert torch.equal(elsewhere.tensors, here.tensors)
+    assert [r.instance_id for r in elsewhere.refs] == [0, 1, 2]
+    assert [(r.instance_id, why.split(":")[0]) for r, why in elsewhere.failures] == [
+        (3, "cannot decode")]
+
+
+@pytest.mark.parametrize("decode_ahead_on", [True, False], ids=["decode-ahead", "serial"])
+def test_live_scoring_with_the_decoding_process_matches_the_ensemble(
+    sessions: sessionmaker[Session], add_instance: AddInstance, ensemble: Ensemble,
+    decode_ahead_on: bool,
+) -> None:
+    study = generate_uid()
+    ids = [add_instance(study, seed=i) for i in range(4)]
+
+    run = score_instances(sessions, ids[0], "task", lambda: ensemble, _options(decode_ahead_on))
+
+    assert sorted(run.scored) == ids
+    with sessions() as session:
+        paths = [session.get(Instance, i).file_path for i in ids]  # type: ignore[union-attr]
+    expected = {}
+    for batch in (ids[:BATCH], ids[BATCH:]):  # the batches the task claimed, oldest first
+        tensors = torch.stack([ensemble.preprocess(Path(paths[ids.index(i)])) for i in batch])
+        for i, mean in zip(batch, ensemble.predict(tensors).mean, strict=True):
+            expected[i] = pytest.approx(mean, abs=1e-6)
+    assert {i: mean for i, (mean, _) in _scores(sessions).items()} == expected

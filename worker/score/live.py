@@ -206,6 +206,20 @@ def _predict(sessions: sessionmaker[Session], model: BatchModel, batch: ClaimedB
         raise
 
 
+def _give_back(sessions: sessionmaker[Session], upcoming: Future[ClaimedBatch | None] | None,
+               token: str, lead_id: int) -> None:
+    """The task stops before the batch decoded ahead: release its claims (the current batch's
+    stay with the task, whose retry takes them back)."""
+    ahead = _collect(upcoming, lead_id) if upcoming is not None else None
+    if ahead is None:
+        return
+    try:
+        _release(sessions, ahead.ids, token)
+    except Exception:  # e.g. the database is down: the claims are taken over after the lease
+        logger.exception("instance %d: %d claims decoded ahead not released", lead_id,
+                         len(ahead.ids))
+
+
 def _record(sessions: sessionmaker[Session], model: BatchModel, predicted: Predicted,
             batch: ClaimedBatch, options: ScoringOptions, started: float) -> ScoreRun:
     context = ScoringContext(options.indeterminate_std, options.worker_host,
@@ -262,9 +276,13 @@ def score_instances(sessions: sessionmaker[Session], lead_id: int, token: str,
             upcoming = None if last or not options.decode_ahead else ahead.submit(
                 claim_next, sessions, lead_id, token, options, model, batch.ids)
             predicted = _predict(sessions, model, batch, token, upcoming)
-            run = _record(sessions, model, predicted, batch, options, started)
-            if on_recorded is not None:
-                on_recorded(run)
+            try:
+                run = _record(sessions, model, predicted, batch, options, started)
+                if on_recorded is not None:
+                    on_recorded(run)
+            except Exception:
+                _give_back(sessions, upcoming, token, lead_id)
+                raise
             total = total.then(run)
             started = time.monotonic()
             if last:
