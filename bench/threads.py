@@ -12,6 +12,8 @@ Workloads (random weights; the figures compare thread settings, not models):
 - ``live``: ``score_instances`` on a SQLite database holding ``--images`` JPEG 2000 and JPEG-LS
   2500 x 2000 CRs: claim, decode, predict and record in batches of 8, with and without
   decoding the next batch while the current one is predicted.
+- ``openvino``: the same ensemble compiled by OpenVINO in bf16 (what ``auto`` runs on an
+  AVX-512 BF16 CPU), threads pinned to cores (OpenVINO's default) or not.
 - ``train``: forward + backward + AdamW step of one ResNet-50 at 128 px, batch 16.
 
     .venv/bin/python bench/threads.py --rounds 2 --seconds 20
@@ -32,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import describe_machine
+from bench.threads_work import OV_PINNING_ENV
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class Case:
 
     @property
     def label(self) -> str:
+        if self.workload == "openvino":
+            pinned = "not pinned" if self.env.get(OV_PINNING_ENV) == "0" else "pinned (default)"
+            return f"openvino bf16: {self.threads} thread(s), {pinned}"
         waits = "passive" if self.passive else "active"
         ahead = " + decode-ahead (decoding process)" if self.decode_ahead else ""
         return f"{self.workload}: {self.threads} torch thread(s), {waits} waits{ahead}"
@@ -71,6 +77,11 @@ def cases(workloads: list[str]) -> list[Case]:
             Case("live", cores, passive=True, decode_ahead=True, default_of="worker"),
             Case("live", up, passive=True),
             Case("live", up, passive=True, decode_ahead=True, default_of="up"),
+        ],
+        "openvino": [
+            Case("openvino", cores, default_of="worker (auto: bf16 on OpenVINO here)"),
+            Case("openvino", cores, env={OV_PINNING_ENV: "0"}),
+            Case("openvino", up, default_of="up"),
         ],
         "train": [
             Case("train", cores, default_of="old train (torch's default)"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import time
 from pathlib import Path
@@ -21,17 +22,19 @@ from tests.support.syntaxes import ENCODERS
 from tests.worker.conftest import build_ensemble
 from training.data import file_sha256
 from worker.runtime import make_worker_engine
-from worker.score.ahead import start_decoder
+from worker.score.ahead import decode_ahead
+from worker.score.batch import ImageRef
 from worker.score.ensemble import Ensemble
 from worker.score.live import ScoringOptions, score_instances
 from worker.settings import InferenceSettings
 
 BATCH = 8
+OV_PINNING_ENV = "CXR_BENCH_OPENVINO_PINNING"  # "0": threads not pinned to cores
 
 
 def prepare(workdir: Path, workloads: list[str], args: argparse.Namespace) -> None:
     """The random-weight ensemble and, for ``live``, the compressed files (made once)."""
-    if {"infer", "live"} & set(workloads) and not (workdir / "model").exists():
+    if {"infer", "live", "openvino"} & set(workloads) and not (workdir / "model").exists():
         build_ensemble(workdir / "model", folds=args.folds, input_size=args.size,
                        threshold=0.5, label="threads benchmark (random weights)")
     if "live" in workloads and not (workdir / "files").exists():
@@ -54,7 +57,7 @@ def _make_files(directory: Path, count: int) -> None:
 def run_child(args: argparse.Namespace) -> float:
     """img/s of ``args.child`` with ``args.threads`` torch threads."""
     torch.set_num_threads(args.threads)
-    if args.child == "infer":
+    if args.child in ("infer", "openvino"):
         return _infer(args)
     if args.child == "train":
         return _train(args)
@@ -62,8 +65,16 @@ def run_child(args: argparse.Namespace) -> float:
 
 
 def _load(args: argparse.Namespace) -> Ensemble:
-    return Ensemble.load(args.workdir / "model",
-                         InferenceSettings(device="cpu", torch_threads=args.threads))
+    if args.child != "openvino":
+        return Ensemble.load(args.workdir / "model",
+                             InferenceSettings(device="cpu", torch_threads=args.threads))
+    if os.environ.get(OV_PINNING_ENV) == "0":  # the CPU plugin's setting, for every Core
+        import openvino as ov
+
+        ov.Core().set_property("CPU", {"ENABLE_CPU_PINNING": False})
+    return Ensemble.load(args.workdir / "model", InferenceSettings(
+        device="cpu", torch_threads=args.threads, precision="bf16", backend="openvino",
+        openvino_cache_dir=Path(args.workdir) / "openvino"))
 
 
 def _infer(args: argparse.Namespace) -> float:
@@ -105,10 +116,10 @@ def _live(args: argparse.Namespace) -> float:
     """Every file scored by one task's chain of batches, as the live worker does."""
     ensemble = _load(args)
     ensemble.predict(torch.randn(BATCH, 3, args.size, args.size))  # warm-up
+    files = sorted(p for p in (Path(args.workdir) / "files").glob("*.dcm")
+                   if not p.name.endswith(".src.dcm"))
     if args.decode_ahead:  # a running worker started its decoding process long ago
-        started_decoder = start_decoder(ensemble)
-        if started_decoder is not None:
-            started_decoder.result()
+        decode_ahead([ImageRef(0, str(files[0]), "")], ensemble)
     root = Path(args.workdir) / f"live-{time.monotonic_ns()}"
     root.mkdir()
     url = f"sqlite:///{root / 'triage.db'}"
@@ -116,8 +127,6 @@ def _live(args: argparse.Namespace) -> float:
     upgrade(migrator)
     migrator.dispose()
     sessions = make_session_factory(make_worker_engine(url))
-    files = sorted(p for p in (Path(args.workdir) / "files").glob("*.dcm")
-                   if not p.name.endswith(".src.dcm"))
     ids = [_record(sessions, path) for path in files]
     options = ScoringOptions(batch_size=BATCH, indeterminate_std=0.2, lease_s=600.0,
                              worker_host="bench", decode_ahead=args.decode_ahead,
