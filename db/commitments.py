@@ -12,10 +12,16 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from pydicom.dataset import Dataset
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from common.commitment import CommitmentReport
+from common.commitment import (
+    CommitmentReport,
+    CommitmentReportError,
+    EventReportStatus,
+    parse_event_report,
+)
 from db.models import (
     ERROR_LENGTH,
     CommitmentState,
@@ -154,3 +160,38 @@ def time_out_commitments(session: Session, requested_before: dt.datetime,
              "request; check that the PACS knows our AE title, host and port, and that "
              "TRIAGE_ALLOWED_AETS lists its AE title", now)
     return [_record(delivery) for delivery in rows]
+
+
+@dataclass(frozen=True)
+class EventReportAnswer:
+    """What an N-EVENT-REPORT gets back: its status, the recorded result, or why not."""
+
+    status: EventReportStatus
+    record: CommitmentRecord | None = None
+    reason: str = ""
+
+
+def answer_event_report(sessions: sessionmaker[Session], event_type_id: int | None,
+                        information: Dataset | None) -> EventReportAnswer:
+    """Read a Storage Commitment N-EVENT-REPORT and record it by its Transaction UID.
+
+    SUCCESS (recorded, or a duplicate), NO_SUCH_EVENT_TYPE or INVALID_ARGUMENT_VALUE (the
+    report is unusable, or names a transaction we never issued), PROCESSING_FAILURE (the
+    database could not record it; the peer may send it again). Never raises: the caller is a
+    DIMSE handler, on the node or on the worker's own association.
+    """
+    try:
+        report = parse_event_report(event_type_id, information)
+        with sessions.begin() as session:
+            record = record_report(session, report)
+    except CommitmentReportError as exc:
+        return EventReportAnswer(exc.status, reason=f"refused (0x{int(exc.status):04X} "
+                                                    f"{exc.status.name}): {exc}")
+    except Exception as exc:  # the database is down
+        return EventReportAnswer(EventReportStatus.PROCESSING_FAILURE,
+                                 reason=f"not recorded: {type(exc).__name__}")
+    if record is None:
+        return EventReportAnswer(EventReportStatus.INVALID_ARGUMENT_VALUE,
+                                 reason=f"for transaction {report.transaction_uid}, which we "
+                                        "never requested, refused")
+    return EventReportAnswer(EventReportStatus.SUCCESS, record)

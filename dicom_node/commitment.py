@@ -21,11 +21,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.commitment import (
     ActionStatus,
-    CommitmentReportError,
     EventReportStatus,
-    parse_event_report,
 )
-from db.commitments import CommitmentRecord, record_report, time_out_commitments
+from db.commitments import CommitmentRecord, answer_event_report, time_out_commitments
 from db.models import CommitmentState
 
 LOGGER = logging.getLogger(__name__)
@@ -41,25 +39,15 @@ def handle_commitment_report(event: events.Event,
     not record it; the PACS may send it again).
     """
     calling = event.assoc.requestor.ae_title
-    try:
-        request = cast(N_EVENT_REPORT, event.request)
-        report = parse_event_report(request.EventTypeID, event.event_information)
-        with sessions.begin() as session:
-            record = record_report(session, report)
-    except CommitmentReportError as exc:
-        LOGGER.warning("storage commitment report from %s refused (0x%04X %s): %s", calling,
-                       exc.status, exc.status.name, exc)
-        return int(exc.status), None
-    except Exception as exc:  # the database is down: never raise out of a handler
-        LOGGER.error("storage commitment report from %s not recorded: %s", calling,
-                     type(exc).__name__)
-        return int(EventReportStatus.PROCESSING_FAILURE), None
-    if record is None:
-        LOGGER.warning("storage commitment report from %s for transaction %s, which we never "
-                       "requested, refused", calling, report.transaction_uid)
-        return int(EventReportStatus.INVALID_ARGUMENT_VALUE), None
-    _log(record, calling)
-    return int(EventReportStatus.SUCCESS), None
+    request = cast(N_EVENT_REPORT, event.request)
+    answer = answer_event_report(sessions, request.EventTypeID, event.event_information)
+    if answer.record is None:
+        log = (LOGGER.error if answer.status is EventReportStatus.PROCESSING_FAILURE
+               else LOGGER.warning)
+        log("storage commitment report from %s %s", calling, answer.reason)
+    else:
+        _log(answer.record, calling)
+    return int(answer.status), None
 
 
 def handle_commitment_request(event: events.Event) -> tuple[int, None]:

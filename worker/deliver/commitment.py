@@ -30,14 +30,12 @@ from common.commitment import (
     STORAGE_COMMITMENT_INSTANCE,
     STORAGE_COMMITMENT_PUSH_MODEL,
     ActionStatus,
-    CommitmentReportError,
     EventReportStatus,
-    parse_event_report,
 )
 from db.commitments import (
     DeliveryKey,
+    answer_event_report,
     find_delivery,
-    record_report,
     record_request_failed,
     record_requested,
 )
@@ -88,22 +86,15 @@ def handle_event_report(event: Event, sessions: sessionmaker[Session],
     duplicate), NO_SUCH_EVENT_TYPE, INVALID_ARGUMENT_VALUE (unusable or unknown transaction) or
     PROCESSING_FAILURE (the database could not record it).
     """
-    try:
-        request = cast(N_EVENT_REPORT, event.request)
-        report = parse_event_report(request.EventTypeID, event.event_information)
-        with sessions.begin() as session:
-            record = record_report(session, report)
-    except CommitmentReportError as exc:
-        logger.warning("commitment report on the request's association refused: %s", exc)
-        return int(exc.status), None
-    except Exception as exc:  # the database: the peer may send it again
-        logger.error("commitment report not recorded: %s", type(exc).__name__)
-        return int(EventReportStatus.PROCESSING_FAILURE), None
-    if record is None:
-        logger.warning("commitment report for unknown transaction %s", report.transaction_uid)
-        return int(EventReportStatus.INVALID_ARGUMENT_VALUE), None
-    received.set()
-    return int(EventReportStatus.SUCCESS), None
+    request = cast(N_EVENT_REPORT, event.request)
+    answer = answer_event_report(sessions, request.EventTypeID, event.event_information)
+    if answer.record is None:
+        log = (logger.error if answer.status is EventReportStatus.PROCESSING_FAILURE
+               else logger.warning)
+        log("commitment report on the request's association %s", answer.reason)
+    else:
+        received.set()
+    return int(answer.status), None
 
 
 def _action_failure(reply: Dataset, label: str) -> str | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
@@ -41,6 +42,8 @@ HL7_PREFIX = "hl7://"
 LABEL_LENGTH = 160  # delivery.destination
 _STOW_FLAGS = frozenset({"shadow"})
 _STOW_VALUES = frozenset({"ca", "token", "basic", "timeout"})
+_STOW_HINT = ("expected stow+https://HOST[:PORT]/PATH[;ca=PATH][;token=PATH|;basic=PATH]"
+              "[;timeout=S][;shadow]")
 
 
 class DestinationError(WorkerError):
@@ -66,10 +69,50 @@ def validate_ae_title(ae_title: str) -> str:
     return stripped
 
 
-def _parse_port(text: str, entry: str) -> int:
+def parse_port(text: str, entry: str) -> int:
+    """A TCP port of an entry, 1-65535."""
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise DestinationError(f"port {text!r} in {entry!r} is not a number in 1-65535")
     return int(text)
+
+
+def parse_seconds(text: str, entry: str) -> float:
+    """A ``timeout=`` value of an entry, in seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        raise DestinationError(f"timeout={text!r} in {entry!r} is not a number of seconds") \
+            from None
+
+
+def split_options(options: Iterable[str], entry: str, *, flags: frozenset[str],
+                  values: frozenset[str], hint: str) -> tuple[set[str], dict[str, str]]:
+    """The ``;`` options of an entry: bare ``flags`` and ``name=value`` ``values`` (names
+    case-insensitive, each at most once); anything else is an error that shows ``hint``."""
+    found_flags: set[str] = set()
+    found_values: dict[str, str] = {}
+    for raw in options:
+        option = raw.strip()
+        name, sep, value = option.partition("=")
+        name = name.strip().lower()
+        if name in found_flags or name in found_values:
+            raise DestinationError(f"option {name!r} given twice in {entry!r}")
+        if not sep and name in flags:
+            found_flags.add(name)
+        elif sep and name in values and value.strip():
+            found_values[name] = value.strip()
+        else:
+            raise DestinationError(f"unknown or incomplete option {option!r} in {entry!r}; {hint}")
+    return found_flags, found_values
+
+
+def check_tls_files(where: str, *, tls: bool, ca_file: Path | None, cert_file: Path | None,
+                    key_file: Path | None) -> None:
+    """``ca=``/``cert=``/``key=`` need ``tls``, and ``key=`` needs ``cert=``."""
+    if not tls and (ca_file or cert_file or key_file):
+        raise DestinationError(f"{where}: ca/cert/key need the tls option")
+    if key_file and not cert_file:
+        raise DestinationError(f"{where}: key= needs cert= as well")
 
 
 @dataclass(frozen=True)
@@ -96,10 +139,8 @@ class Destination:
             raise DestinationError(f"destination {self.ae_title} has no host")
         if not 1 <= self.port <= 65535:
             raise DestinationError(f"destination {self.ae_title}: port {self.port} not in 1-65535")
-        if not self.tls and (self.ca_file or self.cert_file or self.key_file):
-            raise DestinationError(f"destination {self.ae_title}: ca/cert/key need the tls option")
-        if self.key_file and not self.cert_file:
-            raise DestinationError(f"destination {self.ae_title}: key= needs cert= as well")
+        check_tls_files(f"destination {self.ae_title}", tls=self.tls, ca_file=self.ca_file,
+                        cert_file=self.cert_file, key_file=self.key_file)
 
     @property
     def items(self) -> tuple[DeliveryItem, ...]:
@@ -113,27 +154,6 @@ class Destination:
         return f"{self.ae_title}@{host}:{self.port}"
 
 
-def _parse_options(options: list[str], entry: str) -> tuple[set[str], dict[str, Path]]:
-    """Split ``tls``/``shadow``/``commit`` flags from ``ca=``/``cert=``/``key=`` paths."""
-    flags: set[str] = set()
-    paths: dict[str, Path] = {}
-    for raw in options:
-        option = raw.strip()
-        name, sep, value = option.partition("=")
-        name = name.strip().lower()
-        if name in flags or name in paths:
-            raise DestinationError(f"option {name!r} given twice in {entry!r}")
-        if not sep and name in _FLAG_OPTIONS:
-            flags.add(name)
-        elif sep and name in _PATH_OPTIONS and value.strip():
-            paths[name] = Path(value.strip())
-        else:
-            raise DestinationError(
-                f"unknown or incomplete option {option!r} in {entry!r}; {_SYNTAX_HINT}"
-            )
-    return flags, paths
-
-
 def parse_destination(entry: str) -> Destination:
     """Parse one ``AE@host:port;options`` entry."""
     entry = entry.strip()
@@ -142,12 +162,14 @@ def parse_destination(entry: str) -> Destination:
     if match is None:
         raise DestinationError(f"cannot parse destination {entry!r}; {_SYNTAX_HINT}")
     host = match["host"].strip().strip("[]")
-    port = _parse_port(match["port"].strip(), entry)
+    port = parse_port(match["port"].strip(), entry)
     try:
         ae_title = validate_ae_title(match["ae"])
     except DestinationError as exc:
         raise DestinationError(f"in destination {entry!r}: {exc}") from None
-    flags, paths = _parse_options(options, entry)
+    flags, values = split_options(options, entry, flags=_FLAG_OPTIONS, values=_PATH_OPTIONS,
+                                  hint=_SYNTAX_HINT)
+    paths = {name: Path(value) for name, value in values.items()}
     return Destination(
         ae_title, host, port, tls="tls" in flags, shadow="shadow" in flags,
         ca_file=paths.get("ca"), cert_file=paths.get("cert"), key_file=paths.get("key"),
@@ -208,40 +230,14 @@ class StowDestination:
         return STOW_PREFIX + self.url
 
 
-def _stow_options(options: list[str], entry: str) -> tuple[set[str], dict[str, str]]:
-    flags: set[str] = set()
-    values: dict[str, str] = {}
-    for raw in options:
-        option = raw.strip()
-        name, sep, value = option.partition("=")
-        name = name.strip().lower()
-        if name in flags or name in values:
-            raise DestinationError(f"option {name!r} given twice in {entry!r}")
-        if not sep and name in _STOW_FLAGS:
-            flags.add(name)
-        elif sep and name in _STOW_VALUES and value.strip():
-            values[name] = value.strip()
-        else:
-            raise DestinationError(
-                f"unknown or incomplete option {option!r} in {entry!r}; expected "
-                "stow+https://HOST[:PORT]/PATH[;ca=PATH][;token=PATH|;basic=PATH][;timeout=S]"
-                "[;shadow]")
-    return flags, values
-
-
 def parse_stow_destination(entry: str) -> StowDestination:
     """Parse one ``stow+https://host:port/path;options`` entry."""
     entry = entry.strip()
     address, *options = entry.split(";")
     url = address.strip()[len(STOW_PREFIX):].rstrip("/")
-    flags, values = _stow_options(options, entry)
-    timeout: float | None = None
-    if "timeout" in values:
-        try:
-            timeout = float(values["timeout"])
-        except ValueError:
-            raise DestinationError(f"timeout {values['timeout']!r} in {entry!r} is not a "
-                                   "number of seconds") from None
+    flags, values = split_options(options, entry, flags=_STOW_FLAGS, values=_STOW_VALUES,
+                                  hint=_STOW_HINT)
+    timeout = parse_seconds(values["timeout"], entry) if "timeout" in values else None
 
     def path(name: str) -> Path | None:
         return Path(values[name]) if name in values else None

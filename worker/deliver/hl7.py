@@ -38,7 +38,6 @@ import enum
 import logging
 import re
 import ssl
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,7 +47,13 @@ from hl7.mllp import InvalidBlockError, open_hl7_connection
 
 from db.models import DeliveryItem
 from worker.deliver.cstore import DeliveryOutcome, OutcomeKind
-from worker.deliver.destinations import DestinationError
+from worker.deliver.destinations import (
+    DestinationError,
+    check_tls_files,
+    parse_port,
+    parse_seconds,
+    split_options,
+)
 from worker.deliver.hl7_message import Hl7MessageError, oru_for_report
 from worker.deliver.tls import client_context
 from worker.errors import WorkerError
@@ -135,10 +140,8 @@ class Hl7Destination:
             raise DestinationError("HL7 destination has no host; " + _SYNTAX_HINT)
         if not 1 <= self.port <= 65535:
             raise DestinationError(f"{where}: port {self.port} not in 1-65535")
-        if not self.tls and (self.ca_file or self.cert_file or self.key_file):
-            raise DestinationError(f"{where}: ca/cert/key need the tls option")
-        if self.key_file and not self.cert_file:
-            raise DestinationError(f"{where}: key= needs cert= as well")
+        check_tls_files(where, tls=self.tls, ca_file=self.ca_file, cert_file=self.cert_file,
+                        key_file=self.key_file)
         if not 0 < self.timeout_s <= MAX_TIMEOUT_S:
             raise DestinationError(f"{where}: timeout must be in (0, {MAX_TIMEOUT_S:.0f}] s")
         for name, value in (("app", self.receiving_application),
@@ -174,34 +177,6 @@ def is_hl7_entry(entry: str) -> bool:
     return entry.strip().lower().startswith(SCHEME)
 
 
-def _options(options: Iterable[str], entry: str) -> tuple[set[str], dict[str, str]]:
-    flags: set[str] = set()
-    values: dict[str, str] = {}
-    for raw in options:
-        name, sep, value = raw.strip().partition("=")
-        name = name.strip().lower()
-        if name in flags or name in values:
-            raise DestinationError(f"option {name!r} given twice in {entry!r}")
-        if not sep and name in _FLAGS:
-            flags.add(name)
-        elif sep and name in _VALUES and value.strip():
-            values[name] = value.strip()
-        else:
-            raise DestinationError(
-                f"unknown or incomplete option {raw.strip()!r} in {entry!r}; {_SYNTAX_HINT}")
-    return flags, values
-
-
-def _timeout(text: str | None, entry: str) -> float:
-    if text is None:
-        return DEFAULT_TIMEOUT_S
-    try:
-        return float(text)
-    except ValueError:
-        raise DestinationError(f"timeout={text!r} in {entry!r} is not a number of seconds") \
-            from None
-
-
 def parse_hl7_destination(entry: str) -> Hl7Destination:
     """Parse one ``hl7://host:port[;option...]`` entry; ``DestinationError`` if malformed."""
     entry = entry.strip()
@@ -211,17 +186,17 @@ def parse_hl7_destination(entry: str) -> Hl7Destination:
     match = _ADDRESS.match(address.strip())
     if match is None:
         raise DestinationError(f"cannot parse HL7 destination {entry!r}; {_SYNTAX_HINT}")
-    port_text = match["port"].strip()
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise DestinationError(f"port {port_text!r} in {entry!r} is not a number in 1-65535")
-    flags, values = _options(options, entry)
+    port = parse_port(match["port"].strip(), entry)
+    flags, values = split_options(options, entry, flags=_FLAGS, values=_VALUES,
+                                  hint=_SYNTAX_HINT)
     paths = {name: Path(values[name]) for name in ("ca", "cert", "key") if name in values}
     return Hl7Destination(
-        match["host"].strip().strip("[]"), int(port_text), tls="tls" in flags,
+        match["host"].strip().strip("[]"), port, tls="tls" in flags,
         shadow="shadow" in flags, ca_file=paths.get("ca"), cert_file=paths.get("cert"),
         key_file=paths.get("key"), receiving_application=values.get("app", ""),
         receiving_facility=values.get("facility", ""),
-        timeout_s=_timeout(values.get("timeout"), entry),
+        timeout_s=(parse_seconds(values["timeout"], entry) if "timeout" in values
+                   else DEFAULT_TIMEOUT_S),
     )
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,18 +26,22 @@ import highdicom as hd
 import numpy as np
 from matplotlib import get_data_path
 from PIL import Image, ImageDraw, ImageFont
-from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.filewriter import dcmwrite
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from common.dicom_ids import stamp_implementation
 from training.preprocessing import PreprocessConfig, load_unit_image, to_model_tensor
 from worker.errors import WorkerError
+from worker.report.content import (
+    DECISION_WORDS,
+    NO_PRIORITY_WORDS,
+    PRIORITY_WORDS,
+    SERIES_DESCRIPTION_MAX,
+)
 from worker.report.heatmap import HeatmapEnsemble, overlay, study_heatmap
 from worker.report.identity import ModelIdentity
+from worker.report.part10 import write_durably
 from worker.report.sr import TEXT_VRS, value_fits_vr
 from worker.score.decision import Decision, Priority
 from worker.settings import ResultImageMode
@@ -48,10 +51,6 @@ logger = logging.getLogger(__name__)
 OUTPUT_SIDE = 1024  # the long side of the result image, in pixels
 CAUTION = "AI triage aid \u2014 not for diagnostic use"
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
-DECISION_TEXT = {Decision.SUSPECTED: "SUSPECTED", Decision.NOT_SUSPECTED: "NOT SUSPECTED",
-                 Decision.INDETERMINATE: "INDETERMINATE",
-                 Decision.NOT_ASSESSABLE: "NOT ASSESSABLE"}
-PRIORITY_TEXT = {Priority.HIGH: "HIGH PRIORITY", Priority.ROUTINE: "ROUTINE"}
 # The image of the report whose SR is series n is series n + 1000 (SR 9901: image 10901), so
 # the two never collide however many revisions a study gets (docs/sr.md, "Result image").
 IMAGE_SERIES_OFFSET = 1000
@@ -132,8 +131,8 @@ def series_description(finding: ImageFinding) -> str:
     ``AI COVID-19 triage image rev 2: ...`` for a later report of the study."""
     label = "AI COVID-19 triage image" + (f" rev {finding.revision}"
                                           if finding.revision > 1 else "")
-    priority = PRIORITY_TEXT[finding.priority] if finding.assessed else "NO PRIORITY"
-    return f"{label}: {DECISION_TEXT[finding.decision]} - {priority}"[:64]
+    priority = PRIORITY_WORDS[finding.priority] if finding.assessed else NO_PRIORITY_WORDS
+    return f"{label}: {DECISION_WORDS[finding.decision]} - {priority}"[:SERIES_DESCRIPTION_MAX]
 
 
 def result_lines(finding: ImageFinding) -> list[str]:
@@ -141,8 +140,8 @@ def result_lines(finding: ImageFinding) -> list[str]:
     if not finding.assessed:
         return ["COVID-19 triage: NOT ASSESSABLE",
                 "Image unlike the training data: no probability is given"]
-    return [f"COVID-19 triage: {DECISION_TEXT[finding.decision]} - "
-            f"{PRIORITY_TEXT[finding.priority]}",
+    return [f"COVID-19 triage: {DECISION_WORDS[finding.decision]} - "
+            f"{PRIORITY_WORDS[finding.priority]}",
             f"Probability {finding.probability_mean:.3f} "
             f"(threshold {finding.threshold:.3f})",
             f"Fold spread: SD {finding.probability_std:.3f} across {finding.fold_count} folds"]
@@ -322,23 +321,10 @@ def write_result_image(image: Dataset, path: Path) -> Path:
     """Write ``image`` as a Part 10 file atomically (tmp, fsync, rename, fsync of the
     folder), then read it back (PS3.10 7.1)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    stamp_implementation(image)
     try:
-        with open(tmp, "wb") as fh:
-            dcmwrite(fh, image, enforce_file_format=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        check = write_durably(image, path)
     except (OSError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
         raise ResultImageError(f"cannot write the result image to {path}: {exc}") from exc
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-    check = dcmread(path, stop_before_pixels=True)
     if UID(check.SOPInstanceUID) != UID(image.SOPInstanceUID):
         raise ResultImageError(f"result image read back from {path} does not match")
     return path

@@ -17,23 +17,20 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
-import os
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import highdicom as hd
 from highdicom.sr import Comprehensive3DSR
-from pydicom import config, dcmread
+from pydicom import config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.filewriter import dcmwrite
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID, generate_uid
 from pydicom.valuerep import validate_value
 
-from common.dicom_ids import stamp_implementation
 from worker.report import codes as sr_codes
 from worker.report.content import (
     PredecessorRef,
@@ -43,6 +40,7 @@ from worker.report.content import (
     sr_series_number,
 )
 from worker.report.identity import ModelIdentity
+from worker.report.part10 import write_durably
 from worker.report.sr_tree import NOT_FOR_CLINICAL_USE, measurement_report
 
 logger = logging.getLogger(__name__)
@@ -287,23 +285,10 @@ def write_sr(sr: Dataset, path: Path) -> Path:
     file parses and holds the same SOP Instance UID.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    stamp_implementation(sr)
     try:
-        with open(tmp, "wb") as fh:
-            dcmwrite(fh, sr, enforce_file_format=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        check = write_durably(sr, path)
     except (OSError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
         raise SRError(f"cannot write SR to {path}: {exc}; check the directory and disk") from exc
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    check = dcmread(path)
     if UID(check.SOPInstanceUID) != UID(sr.SOPInstanceUID) or check.Modality != "SR":
         raise SRError(f"SR read back from {path} does not match what was written")
     return path
