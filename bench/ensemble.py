@@ -23,6 +23,7 @@ Run: ``.venv/bin/python bench/ensemble.py --model DIR --threads 2`` (trained), o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -39,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import describe_machine
 from common.hardware import detect
 from tests.worker.conftest import build_ensemble
-from training.ood import LAYER_DIMS, Gate, fit_fold_stats
+from training.ood import LAYER_DIMS, FoldStats, Gate, fit_fold_stats
+from training.outlier import fit_outlier_head
 from worker.score.ensemble import BatchPrediction, Ensemble
 from worker.score.int8 import quantize_ensemble
 from worker.settings import InferenceSettings
@@ -66,10 +68,16 @@ def images_per_second(run: Callable[[torch.Tensor], object], batch: int, size: i
 
 
 def random_gate(folds: int, seed: int = 0) -> Gate:
-    """Gate statistics of the real shape (4 stages, 64 components) fitted on random features."""
+    """Gate statistics of the real shape (4 stages, 64 components, an outlier head) fitted on
+    random features."""
     rng = np.random.default_rng(seed)
-    return Gate(tuple(fit_fold_stats(rng.normal(size=(200, sum(LAYER_DIMS))))
-                      for _ in range(folds)), 1e9)
+
+    def fold() -> FoldStats:
+        inside, outside = (rng.normal(size=(200, sum(LAYER_DIMS))) for _ in range(2))
+        return dataclasses.replace(fit_fold_stats(inside),
+                                   outlier=fit_outlier_head(inside, outside + 0.5))
+
+    return Gate(tuple(fold() for _ in range(folds)), 1e9, outlier_threshold=1e9)
 
 
 def gate_ratio(ensemble: Ensemble, gate: Gate, batch: torch.Tensor, rounds: int) -> float:
@@ -99,10 +107,11 @@ def naive(folds: int) -> Callable[[torch.Tensor], object]:
 
 
 def load(model_dir: Path, precision: str, backend: str, threads: int, cache: Path,
-         margin: float = 0.0) -> Ensemble:
+         margin: float = 0.0, gate_margin: float = 0.0) -> Ensemble:
+    """The worker's ensemble; margins 0 (the default): the fast path alone, no re-check."""
     return Ensemble.load(model_dir, InferenceSettings(
         device="cpu", precision=precision, backend=backend, torch_threads=threads,
-        openvino_cache_dir=cache, exact_margin=margin))
+        openvino_cache_dir=cache, exact_margin=margin, gate_margin=gate_margin))
 
 
 def random_weights(args: argparse.Namespace) -> None:
@@ -156,6 +165,7 @@ class Pass:
     refused: np.ndarray
     seconds: float
     rescored: int = 0
+    gate_scores: np.ndarray | None = None
 
 
 def score_all(model: Ensemble, tensors: torch.Tensor, batch: int) -> Pass:
@@ -164,28 +174,44 @@ def score_all(model: Ensemble, tensors: torch.Tensor, batch: int) -> Pass:
     rescored_before = model.rescored
     means: list[float] = []
     refused: list[bool] = []
+    gate_scores: list[float] = []
     started = time.perf_counter()
     for start in range(0, len(tensors), batch):
         result: BatchPrediction = model.predict(tensors[start:start + batch])
         means += result.mean
         refused += result.not_assessable or [False] * len(result.mean)
+        gate_scores += result.gate_scores
     seconds = time.perf_counter() - started
     return Pass(f"{model.backend} {model.precision}", np.array(means), np.array(refused),
-                seconds, model.rescored - rescored_before)
+                seconds, model.rescored - rescored_before,
+                np.array(gate_scores) if gate_scores else None)
 
 
-def agreement_line(fast: Pass, exact: Pass, threshold: float, margin: float) -> str:
-    """|dp| and decisions against fp32, before and after the re-check within ``margin``."""
+def agreement_line(fast: Pass, exact: Pass, threshold: float, margin: float,
+                   gate: tuple[float, float] | None = None) -> str:
+    """|dp| and decisions against fp32, before and after the re-check within ``margin``;
+    with ``gate`` (its threshold and ``TRIAGE_GATE_EXACT_MARGIN``), the gate's too."""
     delta = np.abs(fast.means - exact.means)
     near = np.abs(fast.means - threshold) < margin
+    gate_same = int((fast.refused == exact.refused).sum())
+    gate_text = f"gate decisions equal {gate_same}/{len(exact.means)}"
+    if gate is not None and fast.gate_scores is not None and exact.gate_scores is not None:
+        gate_threshold, gate_margin = gate
+        error = np.abs(fast.gate_scores - exact.gate_scores) / gate_threshold
+        near_gate = np.abs(fast.gate_scores - gate_threshold) < gate_margin * gate_threshold
+        checked_refusals = np.where(near_gate, exact.refused, fast.refused)
+        gate_text = (f"gate |dscore|/threshold max {error.max():.4f} mean {error.mean():.4f}; "
+                     f"gate decisions equal {gate_same}/{len(error)} raw, "
+                     f"{int((checked_refusals == exact.refused).sum())}/{len(error)} after the "
+                     f"re-check ({int((near_gate & ~near).sum())} more re-scored)")
+        near = near | near_gate
     checked = np.where(near, exact.means, fast.means)
     same_raw = int(((fast.means >= threshold) == (exact.means >= threshold)).sum())
     same = int(((checked >= threshold) == (exact.means >= threshold)).sum())
-    gate_same = int((fast.refused == exact.refused).sum())
     n = len(exact.means)
     return (f"max |dp| {delta.max():.4f}, mean |dp| {delta.mean():.4f}; decisions equal "
             f"{same_raw}/{n} raw, {same}/{n} after the fp32 re-check ({near.sum()} re-scored, "
-            f"{100 * near.mean():.1f} %); gate decisions equal {gate_same}/{n}")
+            f"{100 * near.mean():.1f} %); {gate_text}")
 
 
 def trained(args: argparse.Namespace) -> None:
@@ -206,16 +232,20 @@ def trained(args: argparse.Namespace) -> None:
     exact = score_all(reference, tensors, args.batch)
     passes = [exact] + [score_all(load(args.model, p, b, args.threads, cache), tensors,
                                   args.batch) for p, b in variants[1:]]
-    auto = load(args.model, "auto", "auto", args.threads, cache, margin)
+    gate_margin = args.gate_margin
+    auto = load(args.model, "auto", "auto", args.threads, cache, margin, gate_margin)
     auto_pass = score_all(auto, tensors, args.batch)
     print(f"\n{describe_machine()}\n{args.model} ({len(reference.models)} folds, "
           f"{reference.manifest.input_size} px, threshold {threshold:.4f}); {len(files)} real "
           f"images; batch {args.batch}; torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads; re-check margin {margin}")
+          f"threads; re-check margins {margin} (probability), {gate_margin} of the gate "
+          f"threshold")
     base = len(files) / exact.seconds
     for one in passes:
         rate = len(files) / one.seconds
-        line = "" if one is exact else "; " + agreement_line(one, exact, threshold, margin)
+        gate_check = None if reference.gate is None else (reference.gate.threshold, gate_margin)
+        line = "" if one is exact else "; " + agreement_line(one, exact, threshold, margin,
+                                                             gate_check)
         print(f"  {one.name:16s} {rate:6.2f} img/s {rate / base:5.2f}x torch fp32{line}")
     rate = len(files) / auto_pass.seconds
     same = int(((auto_pass.means >= threshold) == (exact.means >= threshold)).sum())
@@ -250,6 +280,7 @@ def main() -> int:
     parser.add_argument("--calibration-images", type=int, default=300)
     parser.add_argument("--cache", type=Path, help="OpenVINO graph cache (default: temporary)")
     parser.add_argument("--margin", type=float, default=InferenceSettings().exact_margin)
+    parser.add_argument("--gate-margin", type=float, default=InferenceSettings().gate_margin)
     parser.add_argument("--gate-rounds", type=int, default=5)
     parser.add_argument("--gate-only", action="store_true",
                         help="random weights: time only the image gate's cost ratios")

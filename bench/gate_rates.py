@@ -29,6 +29,7 @@ from training.gate_eval import gate_scores
 from training.gate_probe import write_probe_set
 from training.manifest import load_manifest
 from training.ood import load_gate
+from training.outlier import OUTLIER_KINDS
 from training.preprocessing import load_unit_image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -87,8 +88,13 @@ def main() -> int:
         kind = Path(row["path"]).name.split("_")[0]
         kinds[kind] += 1
         refused[kind] += int(row["not_assessable"])
+    shown = {"rot90", "inverted", "crop"} & set(OUTLIER_KINDS)
     for kind in sorted(kinds):
-        print(f"  {kind:10s} {refused[kind]:3d}/{kinds[kind]:3d} not assessable")
+        note = " (a kind the outlier head was shown)" if kind in shown else ""
+        print(f"  {kind:10s} {refused[kind]:3d}/{kinds[kind]:3d} not assessable{note}")
+    unseen = [k for k in kinds if k not in shown]
+    print(f"  kinds never shown to the outlier head: "
+          f"{sum(refused[k] for k in unseen)}/{sum(kinds[k] for k in unseen)} not assessable")
     chest = [SHARED / "dicom" / r["file"] for r in manifest_rows if r["role"] == "chest"]
     print("real chest DICOMs with Body Part Examined removed (rules, gate score, refused):")
     for name, verdict, score, unlike in _rules_and_gate(args.model, chest + real):

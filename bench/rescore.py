@@ -1,6 +1,7 @@
 """Re-scoring throughput against the ensemble's own batched throughput, in one run.
 
-Run: ``.venv/bin/python bench/rescore.py [--images 16] [--workers N] [--threads 0]``.
+Run: ``.venv/bin/python bench/rescore.py [--images 16] [--workers N] [--threads 0]
+[--precision auto] [--backend auto]`` (the worker's defaults: the same backend as live).
 
 Generates ``--images`` stored CR instances per transfer syntax (uncompressed 12-bit, and
 JPEG 2000 lossless when pylibjpeg-openjpeg can encode), records them in a SQLite database as
@@ -117,6 +118,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=default_loader_workers(),
                         help="DataLoader decoding processes (default as rescore's)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--precision", default="auto", help="as TRIAGE_INFERENCE_PRECISION")
+    parser.add_argument("--backend", default="auto", help="as TRIAGE_INFERENCE_BACKEND")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     bench_ensemble = _bench_ensemble_module()
@@ -125,8 +128,9 @@ def main() -> int:
         root = Path(tmp)
         (root / "model").mkdir()
         bench_ensemble.write_random_ensemble(root / "model", args.folds, 224)
-        ensemble = Ensemble.load(root / "model",
-                                 InferenceSettings(device="cpu", torch_threads=args.threads))
+        ensemble = Ensemble.load(root / "model", InferenceSettings(
+            device="cpu", torch_threads=args.threads, precision=args.precision,
+            backend=args.backend, openvino_cache_dir=root / "openvino"))
         url = f"sqlite:///{root / 'bench.db'}"
         migrator = make_engine(url)  # as `cxr-triage db upgrade` does; then the worker's engine
         upgrade(migrator)
@@ -158,7 +162,8 @@ def main() -> int:
         print(describe_machine())
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.folds} "
               f"folds at 224 px, batch {args.batch}, {args.workers} loader workers, "
-              f"{args.images} images of {ROWS}x{COLUMNS} per syntax")
+              f"{args.images} images of {ROWS}x{COLUMNS} per syntax; inference "
+              f"{ensemble.choice.describe()}")
         print(f"{'path':58s} {'img/s':>7s} {'of ceiling':>10s}")
         print(f"{'Ensemble.predict on preloaded tensors (ceiling)':58s} {ceiling:7.2f} "
               f"{1.0:10.2f}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pydicom.dataset import Dataset
 from sqlalchemy import select
@@ -31,7 +32,15 @@ from db.models import (
     utcnow,
 )
 
-DeliveryKey = tuple[int, str, DeliveryItem]  # (report id, destination label, item)
+
+class DeliveryKey(NamedTuple):
+    """One delivery row: a report's item to a destination (label)."""
+
+    report_id: int
+    destination: str
+    item: DeliveryItem
+
+
 # A report may still settle these: a late one turns ``timed_out`` into its answer.
 _OPEN = (CommitmentState.REQUESTED, CommitmentState.TIMED_OUT)
 

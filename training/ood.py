@@ -10,7 +10,9 @@ out-of-distribution samples", with their feature ensemble over stages); each is 
 median on the fold's held-out images and the fold's distance is the largest (early stages see
 noise, blank and inverted images, the last one content). Fold distances are divided by their
 held-out median; the gate score is their mean over folds, and the threshold rejects at most
-2 % of the out-of-fold scores.
+2 % of the out-of-fold scores. Each fold also carries an outlier-exposure head
+(:mod:`training.outlier`) for chest films shown wrongly (rotated, inverted, cropped), which the
+distance misses; the two tests share the 2 %.
 
 The statistics of a fold live in a sidecar ``fold_XX.ood.safetensors`` (no pickle) whose
 SHA-256 is in ``ensemble.json`` (block ``ood_gate``). docs/safety-gate.md explains the choice.
@@ -32,12 +34,15 @@ from safetensors.torch import load_file, save_file
 from sklearn.covariance import LedoitWolf
 from torch import nn
 
+from training import outlier
 from training.data import file_sha256
 from training.errors import TrainingError
+from training.outlier import OutlierHead
 
 log = logging.getLogger(__name__)
 
-GATE_METHOD = "ppca-mahalanobis-ledoit-wolf, max over 4 stages"
+GATE_METHOD = ("ppca-mahalanobis-ledoit-wolf, max over 4 stages; outlier-exposure logistic "
+               "head")
 FEATURE_LAYER = "resnet50 pooled layer1-4 (256+512+1024+2048)"
 LAYER_DIMS = (256, 512, 1024, 2048)  # the global-average-pooled output of each ResNet stage
 MAX_COMPONENTS = 64
@@ -100,10 +105,13 @@ def _fit_layer(features: np.ndarray, max_components: int) -> LayerStats:
 
 @dataclass(frozen=True)
 class FoldStats:
-    """One fold's per-stage statistics; its distance is the largest scaled stage distance."""
+    """One fold's per-stage statistics; its distance is the largest scaled stage distance.
+    ``outlier`` is the fold's outlier-exposure head (:mod:`training.outlier`); sidecars
+    written before it have none."""
 
     layers: tuple[LayerStats, ...]
     scale: float = 1.0  # median distance of the fold's out-of-fold images
+    outlier: OutlierHead | None = None
 
     def _split(self, features: np.ndarray) -> list[np.ndarray]:
         x = np.asarray(features, dtype=np.float64)
@@ -131,16 +139,18 @@ class FoldStats:
                 f"l{i}.precision": torch.from_numpy(np.ascontiguousarray(layer.precision)),
                 f"l{i}.residual_var": torch.tensor([layer.residual_var], dtype=torch.float64),
                 f"l{i}.scale": torch.tensor([layer.scale], dtype=torch.float64)})
+        if self.outlier is not None:
+            tensors.update(self.outlier.to_tensors())
         return tensors
 
     @classmethod
     def from_tensors(cls, data: dict[str, torch.Tensor]) -> FoldStats:
         a = {k: v.double().numpy() for k, v in data.items()}
-        count = sum(1 for k in a if k.endswith(".mean"))
+        count = sum(1 for k in a if k.startswith("l") and k.endswith(".mean"))
         layers = tuple(LayerStats(a[f"l{i}.mean"], a[f"l{i}.components"], a[f"l{i}.precision"],
                                   float(a[f"l{i}.residual_var"][0]), float(a[f"l{i}.scale"][0]))
                        for i in range(count))
-        return cls(layers, float(a["scale"][0]))
+        return cls(layers, float(a["scale"][0]), OutlierHead.from_arrays(a))
 
 
 def fit_fold_stats(features: np.ndarray, dims: tuple[int, ...] = LAYER_DIMS,
@@ -166,24 +176,30 @@ def calibrate(stats: FoldStats, held_out_features: np.ndarray) -> FoldStats:
                               layer.residual_var, max(float(np.median(d)), 1e-12))
                    for layer, d in zip(stats.layers, raw, strict=True))
     scaled = FoldStats(layers)
-    return FoldStats(layers, max(float(np.median(scaled.distance(held_out_features))), 1e-12))
+    return FoldStats(layers, max(float(np.median(scaled.distance(held_out_features))), 1e-12),
+                     stats.outlier)
 
 
 def choose_threshold(oof_scores: np.ndarray, target: float = TARGET_REJECTION) -> float:
     """The smallest threshold that rejects at most ``target`` of the out-of-fold scores."""
-    ordered = np.sort(np.asarray(oof_scores, dtype=np.float64))
-    keep = int(np.ceil((1.0 - target) * len(ordered)))  # images that must pass
-    return float(ordered[max(keep - 1, 0)])
+    return outlier.choose_threshold(oof_scores, target)
 
 
 def crossfit_rejection(oof_scores: np.ndarray, folds: np.ndarray,
-                       target: float = TARGET_REJECTION) -> float:
-    """Honest in-distribution rejection rate: each fold's images against a threshold chosen on
-    the other folds' out-of-fold scores only."""
+                       target: float = TARGET_REJECTION,
+                       logits: np.ndarray | None = None) -> float:
+    """Honest in-distribution rejection rate: each fold's images against thresholds chosen on
+    the other folds' out-of-fold scores (distances, and outlier logits when given) only."""
     rejected = 0
     for fold in np.unique(folds):
-        others = choose_threshold(oof_scores[folds != fold], target)
-        rejected += int((oof_scores[folds == fold] > others).sum())
+        mine, others = folds == fold, folds != fold
+        if logits is None:
+            refused = oof_scores[mine] > choose_threshold(oof_scores[others], target)
+        else:
+            t_distance, t_logit = outlier.choose_thresholds(oof_scores[others],
+                                                            logits[others], target)
+            refused = (oof_scores[mine] > t_distance) | (logits[mine] > t_logit)
+        rejected += int(refused.sum())
     return rejected / len(oof_scores)
 
 
@@ -205,19 +221,34 @@ def load_fold_stats(path: Path) -> FoldStats:
 
 @dataclass(frozen=True)
 class Gate:
-    """The loaded gate of an ensemble: per fold statistics and one threshold."""
+    """The loaded gate of an ensemble: per fold statistics and one threshold; with outlier
+    heads (every fold has one), also the threshold of their mean logit."""
 
     folds: tuple[FoldStats, ...]
     threshold: float
+    outlier_threshold: float | None = None
 
     def fold_scores(self, per_fold_features: Sequence[np.ndarray]) -> np.ndarray:
         """(folds, N) scaled distances from each fold's (N, D) features."""
         return np.stack([s.distance(f) / s.scale
                          for s, f in zip(self.folds, per_fold_features, strict=True)])
 
+    def outlier_logits(self, per_fold_features: Sequence[np.ndarray]) -> np.ndarray | None:
+        """(N,) mean outlier logit over the folds, or ``None`` without outlier heads."""
+        heads = [s.outlier for s in self.folds]
+        if self.outlier_threshold is None or any(h is None for h in heads):
+            return None
+        return np.mean([h.logit(f) for h, f in zip(heads, per_fold_features, strict=True)
+                        if h is not None], axis=0)
+
     def scores(self, per_fold_features: Sequence[np.ndarray]) -> np.ndarray:
-        """(N,) gate score: the mean scaled distance over the folds."""
-        return self.fold_scores(per_fold_features).mean(0)
+        """(N,) gate score: the mean scaled distance over the folds, raised by the outlier
+        logit where that refuses the image (:func:`training.outlier.combined_score`)."""
+        distance = self.fold_scores(per_fold_features).mean(0)
+        logits = self.outlier_logits(per_fold_features)
+        if logits is None or self.outlier_threshold is None:
+            return distance
+        return outlier.combined_score(distance, logits, self.threshold, self.outlier_threshold)
 
     def unlike(self, scores: Iterable[float]) -> list[bool]:
         """Whether each score is beyond the threshold (the image is not assessable)."""
@@ -237,7 +268,9 @@ def load_gate(directory: Path, block: dict[str, Any] | None, *,
         if verify_hashes and file_sha256(path) != entry["sha256"]:
             raise TrainingError(f"gate statistics {path} do not match their sha256")
         stats.append(load_fold_stats(path))
-    return Gate(tuple(stats), float(block["threshold"]))
+    logit_threshold = block.get("outlier_threshold")
+    return Gate(tuple(stats), float(block["threshold"]),
+                None if logit_threshold is None else float(logit_threshold))
 
 
 def sidecar_name(fold_index: int) -> str:

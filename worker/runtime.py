@@ -136,4 +136,5 @@ def delivery_options(settings: WorkerSettings) -> DeliveryOptions:
                            backoff_max_s=settings.delivery_backoff_max_s,
                            lease_s=settings.score_lease_s,
                            connect_timeout_s=settings.delivery_connect_timeout_s,
-                           timeout_s=settings.delivery_timeout_s)
+                           timeout_s=settings.delivery_timeout_s,
+                           commitment_wait_s=settings.commitment_wait_s)

@@ -69,6 +69,8 @@ class InferenceSettings:
     openvino_cache_dir : where converted OpenVINO graphs (fp32, int8) are kept, per model
         version.
     exact_margin : with a fast path, images this close to the threshold are rescored in fp32.
+    gate_margin : with a fast path, images whose image-gate score is within this share of
+        the gate threshold are rescored in fp32 too, so not-assessable decisions match fp32.
     """
 
     device: str = "auto"
@@ -78,6 +80,7 @@ class InferenceSettings:
     openvino_cache_dir: Path = dataclasses.field(
         default_factory=lambda: default_var_dir() / "openvino")
     exact_margin: float = 0.02
+    gate_margin: float = 0.05
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> InferenceSettings:
@@ -89,6 +92,7 @@ class InferenceSettings:
             backend=env_str(env, "INFERENCE_BACKEND", ENV_DEFAULT_BACKEND).lower(),
             openvino_cache_dir=env_path(env, "OPENVINO_CACHE_DIR", d.openvino_cache_dir),
             exact_margin=env_float(env, "EXACT_MARGIN", d.exact_margin),
+            gate_margin=env_float(env, "GATE_EXACT_MARGIN", d.gate_margin),
         )
 
     def check(self) -> None:
@@ -193,6 +197,9 @@ class WorkerSettings:
     delivery_timeout_s : how long a delivery waits for an answer (A-ASSOCIATE-AC at most 30 s,
         each DIMSE reply, each network read, the HTTP response of a STOW-RS destination without
         its own ``timeout=``).
+    commitment_wait_s : after a Storage Commitment request (``;commit``), how long to wait for
+        the N-EVENT-REPORT on the same association; most PACS (Orthanc among them) answer on an
+        association of their own, which the node records whenever it comes.
     destination_alert_s : a destination whose deliveries have been failing for longer than this
         is reported (``deliveries --failing``, ``/readyz``, ``/metrics``).
     calling_ae : the calling AE title of the C-STORE SCU.
@@ -223,6 +230,7 @@ class WorkerSettings:
     delivery_backoff_max_s: float = 600.0
     delivery_connect_timeout_s: float = 10.0
     delivery_timeout_s: float = 60.0
+    commitment_wait_s: float = 0.2
     destination_alert_s: float = 900.0
     calling_ae: str = "CXR_TRIAGE"
     result_image: ResultImageMode = ResultImageMode.FLAGGED
@@ -241,6 +249,8 @@ class WorkerSettings:
         for name in ("delivery_connect_timeout_s", "delivery_timeout_s"):
             if getattr(self, name) <= 0:
                 raise SettingError(f"TRIAGE_{name.upper()} must be more than 0")
+        if self.commitment_wait_s < 0:
+            raise SettingError("TRIAGE_COMMITMENT_WAIT_S must be 0 or more")
 
     @property
     def report_dir(self) -> Path:
@@ -274,6 +284,7 @@ class WorkerSettings:
             delivery_connect_timeout_s=env_float(env, "DELIVERY_CONNECT_TIMEOUT_S",
                                                  d.delivery_connect_timeout_s),
             delivery_timeout_s=env_float(env, "DELIVERY_TIMEOUT_S", d.delivery_timeout_s),
+            commitment_wait_s=env_float(env, "COMMITMENT_WAIT_S", d.commitment_wait_s),
             destination_alert_s=env_float(env, "DESTINATION_ALERT_S", d.destination_alert_s),
             calling_ae=env_str(env, "CALLING_AE", d.calling_ae),
             result_image=_result_image_mode(env_str(env, "RESULT_IMAGE", d.result_image)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from training.manifest import MANIFEST_FILE, load_manifest
 from training.model import build_resnet50
 from training.ood import (
     TARGET_REJECTION,
+    FoldStats,
+    Gate,
     calibrate,
     choose_threshold,
     crossfit_rejection,
@@ -25,6 +28,13 @@ from training.ood import (
     load_fold_stats,
     load_gate,
     save_fold_stats,
+)
+from training.outlier import (
+    OUTLIER_KINDS,
+    choose_thresholds,
+    combined_score,
+    fit_outlier_head,
+    outlier_examples,
 )
 
 
@@ -83,6 +93,65 @@ def test_sidecar_round_trip_keeps_distances(tmp_path: Path) -> None:
     assert again.scale == stats.scale
 
 
+def test_outlier_head_separates_shifted_features_and_survives_the_sidecar(
+        tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    inside, outside = _gaussian(rng, 120), _gaussian(rng, 120)
+    outside[:, 5:20] += 4.0  # transformed images move along a few directions
+    stats = dataclasses.replace(
+        calibrate(fit_fold_stats(inside, dims=(128,)), _gaussian(rng, 30)),
+        outlier=fit_outlier_head(inside, outside))
+    assert stats.outlier is not None
+    fresh_in, fresh_out = _gaussian(rng, 50), _gaussian(rng, 50)
+    fresh_out[:, 5:20] += 4.0
+    assert np.max(stats.outlier.logit(fresh_in)) < np.median(stats.outlier.logit(fresh_out))
+    save_fold_stats(tmp_path / "s.ood.safetensors", stats)
+    again = load_fold_stats(tmp_path / "s.ood.safetensors")
+    assert again.outlier is not None
+    assert np.allclose(again.outlier.logit(fresh_out), stats.outlier.logit(fresh_out))
+    assert np.allclose(again.distance(fresh_in), stats.distance(fresh_in))
+
+
+def test_sidecar_without_outlier_head_gates_on_distance_alone(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    stats = calibrate(fit_fold_stats(_gaussian(rng, 60), dims=(128,)), _gaussian(rng, 20))
+    save_fold_stats(tmp_path / "old.ood.safetensors", stats)  # written before the head
+    old = load_fold_stats(tmp_path / "old.ood.safetensors")
+    assert old.outlier is None
+    probe = [_gaussian(rng, 10)]
+    gate = Gate((old,), threshold=1.5, outlier_threshold=0.0)  # a threshold but no head
+    assert gate.outlier_logits(probe) is None
+    assert np.allclose(gate.scores(probe), old.distance(probe[0]) / old.scale)
+
+
+def test_two_tests_share_the_budget_and_one_score_decides() -> None:
+    rng = np.random.default_rng(6)
+    distance, logit = rng.gamma(2.0, size=400), rng.normal(-4.0, 1.0, size=400)
+    t_distance, t_logit = choose_thresholds(distance, logit, TARGET_REJECTION)
+    refused = (distance > t_distance) | (logit > t_logit)
+    assert refused.mean() <= TARGET_REJECTION
+    assert (logit > t_logit).mean() <= TARGET_REJECTION / 2
+    assert (distance > t_distance).any()  # the distance gets the rest of the budget
+    score = combined_score(distance, logit, t_distance, t_logit)
+    assert np.array_equal(score > t_distance, refused)
+    assert np.all(score >= distance)
+    folds = np.arange(400) % 5
+    assert 0.0 <= crossfit_rejection(distance, folds, logits=logit) <= 0.1
+    stats = FoldStats((), 1.0)
+    assert stats.outlier is None
+
+
+def test_outlier_examples_turn_invert_crop_and_flip_each_image() -> None:
+    units = torch.rand(8, 1, 32, 32)
+    examples = outlier_examples(units, seed=0)
+    assert examples.shape == units.shape
+    assert torch.allclose(examples[1], 1.0 - units[1])  # kinds in turn: rot90, inverted, ...
+    assert torch.equal(examples[3], torch.flip(units[3], dims=(1,)))
+    rotated = examples[0]
+    assert any(torch.equal(rotated, torch.rot90(units[0], k, dims=(1, 2))) for k in (1, 3))
+    assert not torch.allclose(examples[2], units[2])  # a resized window
+
+
 def test_features_and_logits_is_the_models_own_forward_pass() -> None:
     torch.manual_seed(0)
     model = build_resnet50(2).eval()
@@ -105,10 +174,15 @@ def test_training_records_the_gate_per_fold(tiny_run: Path) -> None:
     assert gate["oof_rejection"] <= TARGET_REJECTION and gate["oof_images"] == 16
     loaded = load_gate(tiny_run, gate)
     assert loaded is not None and len(loaded.folds) == 2
+    # every fold carries its outlier-exposure head, and both tests share the 2 %
+    assert all(fold.outlier is not None for fold in loaded.folds)
+    assert loaded.outlier_threshold == gate["outlier_threshold"]
+    assert gate["outlier_kinds"] == list(OUTLIER_KINDS)
+    assert gate["oof_outlier_rejection"] <= TARGET_REJECTION / 2
     with (tiny_run / "oof_gate.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 16
-    assert sum(float(r["gate_score"]) > gate["threshold"] for r in rows) == round(
+    assert sum(int(r["not_assessable"]) for r in rows) == round(
         gate["oof_rejection"] * 16)
     assert "Image gate (not assessable)" in (tiny_run / "report.md").read_text()
 

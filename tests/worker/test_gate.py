@@ -8,7 +8,9 @@ through the gate would show up as suspected and HIGH.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -144,6 +146,25 @@ def test_bf16_path_gives_features_from_its_own_pass(gated: Path, ensemble: Ensem
     exact, approx = ensemble.predict(batch), fast.predict(batch)
     assert approx.not_assessable == exact.not_assessable == (False, True)
     assert approx.gate_scores == pytest.approx(exact.gate_scores, rel=0.1, abs=0.05)
+
+
+def test_images_near_the_gate_threshold_are_decided_in_fp32(gated: Path, shared_dicom: Path,
+                                                            tmp_path: Path) -> None:
+    near = tmp_path / "near"
+    shutil.copytree(gated, near)
+    reference = load_cpu(near)
+    batch = torch.stack([reference.preprocess(shared_dicom / CHEST_FILES[0])])
+    manifest = json.loads((near / "ensemble.json").read_text())
+    # the chest image sits just under the gate threshold: any approximation may flip it
+    manifest["ood_gate"]["threshold"] = reference.predict(batch).gate_scores[0] * (1 + 1e-6)
+    (near / "ensemble.json").write_text(json.dumps(manifest))
+    exact = load_cpu(near).predict(batch)
+    checked = load_cpu(near, precision="bf16", exact_margin=0.0, gate_margin=0.5)
+    assert checked.predict(batch).gate_scores == exact.gate_scores  # fp32 decided: identical
+    assert checked.rescored == 1
+    rough = load_cpu(near, precision="bf16", exact_margin=0.0, gate_margin=0.0)
+    assert rough.predict(batch).gate_scores != exact.gate_scores  # bf16 alone differs
+    assert rough.rescored == 0
 
 
 def _result(instance_id: int, decision: Decision, mean: float) -> ImageResult:

@@ -50,18 +50,19 @@ def commitment_hook(sessions: sessionmaker[Session], options: DeliveryOptions,
     """Storage Commitment after a C-STORE to a ``;commit`` destination (PS3.4 J.3).
 
     Records the delivery's commitment ``requested`` and sends the N-ACTION; the answer is
-    recorded as it comes (on this association within ``wait_s``, or later at the node).
+    recorded as it comes (on this association within ``wait_s``, default
+    ``options.commitment_wait_s``, or later at the node).
     """
     timeouts = Timeouts.of(options.connect_timeout_s, options.timeout_s)
 
     def commit(key: DeliveryKey, outgoing: Outgoing) -> None:
-        from worker.deliver.commitment import DEFAULT_REPORT_WAIT_S, request_commitment_for_file
+        from worker.deliver.commitment import request_commitment_for_file
 
         destination = outgoing.destination
         assert isinstance(destination, Destination)  # delivery calls it for DICOM only
         request_commitment_for_file(
-            sessions, (key.report_id, key.destination, key.item), destination, outgoing.path,
+            sessions, key, destination, outgoing.path,
             calling_ae=options.calling_ae,
-            timeout_s=DEFAULT_REPORT_WAIT_S if wait_s is None else wait_s, timeouts=timeouts)
+            timeout_s=options.commitment_wait_s if wait_s is None else wait_s, timeouts=timeouts)
 
     return commit

@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 # How long the requester's association stays open for a report on it; PACS that answer later
 # (Orthanc, most others) open an association to the node instead.
-DEFAULT_REPORT_WAIT_S = 2.0
+DEFAULT_REPORT_WAIT_S = 0.2  # TRIAGE_COMMITMENT_WAIT_S
 _TIMEOUTS = Timeouts()
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.commitments import DeliveryKey
 from db.models import Delivery, DeliveryItem, DeliveryState, Report, utcnow
 from db.reports import (
     destination_hold,
@@ -71,15 +72,7 @@ class DeliveryOptions:
     connect_timeout_s: float = 10.0
     timeout_s: float = 60.0
     jitter: float = DELIVERY_JITTER
-
-
-@dataclass(frozen=True)
-class DeliveryKey:
-    """One delivery row: a report's item to a destination (label)."""
-
-    report_id: int
-    destination: str
-    item: DeliveryItem
+    commitment_wait_s: float = 0.2  # N-EVENT-REPORT on the request's own association
 
 
 @dataclass(frozen=True)

@@ -99,13 +99,15 @@ class Ensemble:
     def __init__(self, manifest: EnsembleManifest, models: Sequence[nn.Module], device: str,
                  directory: Path, precision: str = "fp32", runner: FoldRunner | None = None,
                  exact_margin: float = 0.0, backend: str = "torch",
-                 gate: Gate | None = None, choice: PrecisionChoice | None = None) -> None:
+                 gate: Gate | None = None, choice: PrecisionChoice | None = None,
+                 gate_margin: float = 0.0) -> None:
         self.manifest = manifest
         self.precision = precision  # what runs: fp32, bf16 or int8 (``auto`` resolved)
         self.backend = backend  # torch, or openvino (on the CPU only)
         self.choice = choice or PrecisionChoice(precision, backend, "given")
         self.runner = runner  # a faster approximate path (bf16, int8 or OpenVINO), else None
         self.exact_margin = exact_margin
+        self.gate_margin = gate_margin  # share of the gate threshold (see predict)
         self.models = list(models)
         self.device = device
         self.directory = directory
@@ -162,7 +164,7 @@ class Ensemble:
                     torch.get_num_threads(), choice.describe())
         return cls(manifest, models, target, Path(model_dir), choice.precision, runner,
                    inference.exact_margin, choice.backend,
-                   _load_gate(manifest, Path(model_dir)), choice)
+                   _load_gate(manifest, Path(model_dir)), choice, inference.gate_margin)
 
     def preprocess(self, path: Path) -> torch.Tensor:
         """One image file to its (3, size, size) model tensor (training's code path)."""
@@ -173,7 +175,9 @@ class Ensemble:
         """Run every fold on a (B, 3, H, W) batch and summarise the positive-class softmax.
 
         The gate score comes from the same forward pass (the pooled features of each stage;
-        OpenVINO graphs return them as their second output).
+        OpenVINO graphs return them as their second output). On a fast path, images near the
+        probability threshold (``exact_margin``) or near the gate threshold (``gate_margin``,
+        a share of it) are scored again by the fp32 models, which decide them.
         """
         if batch.ndim != 4 or batch.shape[0] == 0:
             raise EnsembleError(f"expected a non-empty (B, 3, H, W) batch, got {batch.shape}")
@@ -185,7 +189,8 @@ class Ensemble:
             else:
                 probs, features, cams = self.runner(batch)
                 close = (probs.mean(dim=0) - self.threshold).abs() < self.exact_margin
-                if bool(close.any()):  # near the threshold: let fp32 decide
+                close |= self._near_gate_threshold(features, batch.shape[0])
+                if bool(close.any()):  # near a threshold: let fp32 decide
                     self.rescored += int(close.sum())
                     exact, exact_features, exact_cams = reference(batch[close])
                     probs[:, close] = exact
@@ -193,6 +198,20 @@ class Ensemble:
                         if ours is not None and theirs is not None:
                             for fold, values in zip(ours, theirs, strict=True):
                                 fold[close] = values
+        return self._summarise(probs, features, cams)
+
+    def _near_gate_threshold(self, features: list[torch.Tensor] | None,
+                             size: int) -> torch.Tensor:
+        """(B,) whether each image's gate score is within ``gate_margin`` of the gate's
+        threshold (all False without a gate or its features)."""
+        if self.gate is None or features is None or self.gate_margin <= 0:
+            return torch.zeros(size, dtype=torch.bool)
+        scores = self.gate.scores([f.double().numpy() for f in features])
+        near = np.abs(scores - self.gate.threshold) < self.gate_margin * self.gate.threshold
+        return torch.from_numpy(near)
+
+    def _summarise(self, probs: torch.Tensor, features: list[torch.Tensor] | None,
+                   cams: list[torch.Tensor] | None) -> BatchPrediction:
         mean = probs.mean(dim=0)
         std = probs.std(dim=0, unbiased=False)
         gate_scores: tuple[float, ...] = ()
