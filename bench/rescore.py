@@ -61,6 +61,7 @@ def _bench_ensemble_module() -> ModuleType:
                                                   Path(__file__).with_name("ensemble.py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
     spec.loader.exec_module(module)
     return module
 
