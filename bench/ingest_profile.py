@@ -158,8 +158,8 @@ def instrumented(clock: StageClock) -> Iterator[None]:
         enter(_patched(ingest_module, "inspect",
                        clock.timed("header parse", ingest_module.inspect)))
         enter(_patched(ingest_module, "sha256_of", clock.timed("hash", ingest_module.sha256_of)))
-        enter(_patched(storage_module, "_fsync_path",
-                       _timed_fsync(clock, storage_module._fsync_path)))
+        enter(_patched(storage_module, "fsync_path",
+                       _timed_fsync(clock, storage_module.fsync_path)))
         enter(_patched(InstanceStore, "commit", _timed_commit(clock, InstanceStore.commit)))
         enter(_patched(InstanceStore, "sync_soon",
                        _timed_sync_soon(clock, InstanceStore.sync_soon)))

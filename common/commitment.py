@@ -19,6 +19,9 @@ from common.errors import TriageError
 STORAGE_COMMITMENT_PUSH_MODEL = "1.2.840.10008.1.20.1"
 STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 REQUEST_COMMITMENT_ACTION = 1  # N-ACTION Action Type ID (PS3.4 J.3.2.1)
+# How long the requester's association stays open for a report on it (TRIAGE_COMMITMENT_WAIT_S);
+# PACS that answer later (Orthanc, most others) open an association to the node instead.
+REPORT_WAIT_S = 0.2
 
 
 class EventType(enum.IntEnum):

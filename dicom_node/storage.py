@@ -23,6 +23,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.durable import fsync_path
 from dicom_node.uids import require_uid
 
 LOGGER = logging.getLogger(__name__)
@@ -42,15 +43,6 @@ def sha256_of(path: Path) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_space_error(exc: OSError) -> bool:
@@ -84,7 +76,7 @@ class InstanceStore:
         The fsync waits for the disk with the GIL released, so the C-STORE handler hashes the
         file meanwhile instead of after (docs/benchmarks.md, ingest).
         """
-        return self._syncer.submit(_fsync_path, path)
+        return self._syncer.submit(fsync_path, path)
 
     def close(self) -> None:
         """Let the fsync threads end once their work is done."""
@@ -138,7 +130,7 @@ class InstanceStore:
             current = current.parent
         for path in reversed(missing):
             path.mkdir(exist_ok=True)
-            _fsync_path(path.parent, directory=True)
+            fsync_path(path.parent, directory=True)
 
     def commit(self, source: Path, final: Path, sha256: str,
                synced: Future[None] | None = None) -> StoredFile:
@@ -155,7 +147,7 @@ class InstanceStore:
         try:
             self._make_dirs(final.parent)
             if synced is None:
-                _fsync_path(source)
+                fsync_path(source)
             else:
                 synced.result()  # re-raises the fsync's OSError
             try:
@@ -165,7 +157,7 @@ class InstanceStore:
                     raise
                 self._copy_into_place(source, final)
             placed = True
-            _fsync_path(final.parent, directory=True)
+            fsync_path(final.parent, directory=True)
         except OSError as exc:
             if placed and not existed:
                 final.unlink(missing_ok=True)  # not durable, and no row will reference it
@@ -202,7 +194,7 @@ class InstanceStore:
             path.unlink()
         except FileNotFoundError:
             return True
-        _fsync_path(path.parent, directory=True)
+        fsync_path(path.parent, directory=True)
         return True
 
 

@@ -70,10 +70,9 @@ def fit_fold_gate(model: torch.nn.Module, config: PreprocessConfig, fit: torch.T
     ``held_out``; with the held-out images' scaled distances and outlier logits."""
     inside, held = image_features(model, fit, config), image_features(model, held_out, config)
     outside = image_features(model, outlier_examples(fit, seed=seed), config)
-    stats = calibrate(fit_fold_stats(inside), held)
-    stats = dataclasses.replace(stats, outlier=fit_outlier_head(inside, outside))
-    assert stats.outlier is not None
-    return stats, stats.distance(held) / stats.scale, stats.outlier.logit(held)
+    head = fit_outlier_head(inside, outside)
+    stats = dataclasses.replace(calibrate(fit_fold_stats(inside), held), outlier=head)
+    return stats, stats.distance(held) / stats.scale, head.logit(held)
 
 
 def _sidecar_entry(out: Path, index: int, stats: FoldStats, n_train: int) -> dict[str, Any]:
@@ -84,8 +83,8 @@ def _sidecar_entry(out: Path, index: int, stats: FoldStats, n_train: int) -> dic
 
 
 def _block(entries: list[dict[str, Any]], distance: np.ndarray, logits: np.ndarray,
-           target: float, score: str) -> tuple[dict[str, Any], np.ndarray, float]:
-    """The ``ood_gate`` block, the out-of-fold gate scores and the threshold."""
+           target: float, score: str) -> tuple[dict[str, Any], np.ndarray]:
+    """The ``ood_gate`` block and the out-of-fold gate scores."""
     threshold, logit_threshold = choose_thresholds(distance, logits, target)
     scores = combined_score(distance, logits, threshold, logit_threshold)
     block = {
@@ -97,7 +96,7 @@ def _block(entries: list[dict[str, Any]], distance: np.ndarray, logits: np.ndarr
         "oof_distance_rejection": round(float((distance > threshold).mean()), 6),
         "oof_outlier_rejection": round(float((logits > logit_threshold).mean()), 6),
         "crossfit_rejection": None, "folds": entries}
-    return block, scores, threshold
+    return block, scores
 
 
 def fit_gate(out: Path, data: Prepared, results: list[FoldResult]) -> dict[str, Any]:
@@ -114,15 +113,15 @@ def fit_gate(out: Path, data: Prepared, results: list[FoldResult]) -> dict[str, 
         entries.append(_sidecar_entry(out, result.index, stats, int(train.sum())))
         log.info("gate: fold %d statistics and outlier head fitted (median held-out distance "
                  "%.3f)", result.index + 1, stats.scale)
-    block, oof, threshold = _block(
+    block, oof = _block(
         entries, distance, logits, TARGET_REJECTION,
         "mean over folds of distance / fold median out-of-fold distance, raised by the mean "
         "outlier logit's excess over its threshold")
     block["crossfit_rejection"] = round(crossfit_rejection(distance, data.folds,
                                                            logits=logits), 6)
-    _write_oof(out / OOF_GATE_FILE, data, oof, threshold)
+    _write_oof(out / OOF_GATE_FILE, data, oof, block["threshold"])
     log.info("gate: threshold %.4f rejects %.2f %% of out-of-fold images (distance %.2f %%, "
-             "outlier head %.2f %%; cross-fitted %.2f %%)", threshold,
+             "outlier head %.2f %%; cross-fitted %.2f %%)", block["threshold"],
              100 * block["oof_rejection"], 100 * block["oof_distance_rejection"],
              100 * block["oof_outlier_rejection"], 100 * block["crossfit_rejection"])
     return block
@@ -160,7 +159,7 @@ def add_gate(model_dir: Path, fit: Sequence[Path], held_out: Sequence[Path],
         distances.append(distance)
         logits.append(logit)
         entries.append(_sidecar_entry(model_dir, fold.index, stats, len(fit)))
-    block, _, _ = _block(entries, np.mean(distances, axis=0), np.mean(logits, axis=0), target,
+    block, _ = _block(entries, np.mean(distances, axis=0), np.mean(logits, axis=0), target,
                          "mean over folds of distance / fold median calibration distance, "
                          "raised by the mean outlier logit's excess over its threshold")
     write_manifest(model_dir, dataclasses.replace(manifest, ood_gate=block))

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.commitment import REPORT_WAIT_S
 from common.config import (
     SettingError,
     default_var_dir,
@@ -230,7 +231,7 @@ class WorkerSettings:
     delivery_backoff_max_s: float = 600.0
     delivery_connect_timeout_s: float = 10.0
     delivery_timeout_s: float = 60.0
-    commitment_wait_s: float = 0.2
+    commitment_wait_s: float = REPORT_WAIT_S
     destination_alert_s: float = 900.0
     calling_ae: str = "CXR_TRIAGE"
     result_image: ResultImageMode = ResultImageMode.FLAGGED

@@ -132,12 +132,12 @@ def test_delivery_to_a_commit_destination_ends_committed(site: Site, sr_file: Pa
     with site.sessions() as session:
         report_id = session.get(Delivery, delivery_id).report_id  # type: ignore[union-attr]
     options = replace(delivery_options(WorkerSettings()), calling_ae=CALLING_AE,
-                      connect_timeout_s=3, timeout_s=10)
+                      connect_timeout_s=3, timeout_s=10, commitment_wait_s=0.2)
 
     result = deliver_report(site.sessions, report_id, destination.label,
                             destinations={destination.label: destination},
                             send=channel_sender(site.sessions, options), options=options,
-                            commit=commitment_hook(site.sessions, options, wait_s=0.2))
+                            commit=commitment_hook(site.sessions, options))
 
     assert result.state is DeliveryState.SENT, result.reason
     wait_for_commitment(site.sessions, delivery_id, CommitmentState.COMMITTED, site.node.log)

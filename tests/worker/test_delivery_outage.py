@@ -214,11 +214,12 @@ def test_every_channel_is_wired(sessions: sessionmaker[Session], add_instance: A
             recorded = report_deliveries(session, report)
         assert [item for _, item in recorded] == [DeliveryItem.SR, DeliveryItem.SR,
                                                   DeliveryItem.HL7]
+        waiting = dataclasses.replace(options, commitment_wait_s=0.5)
         for label, item in recorded:
             result = deliver_report(sessions, report, label, destinations=targets,
                                     send=channel_sender(sessions, options), options=options,
                                     item=item,
-                                    commit=commitment_hook(sessions, options, wait_s=0.5))
+                                    commit=commitment_hook(sessions, waiting))
             assert result.state is DeliveryState.SENT, result.reason
         (message,) = ris.received()
     assert "ORU^R01" in message["message"]

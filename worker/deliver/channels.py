@@ -45,13 +45,12 @@ def channel_sender(sessions: sessionmaker[Session], options: DeliveryOptions) ->
     return send
 
 
-def commitment_hook(sessions: sessionmaker[Session], options: DeliveryOptions,
-                    wait_s: float | None = None) -> CommitHook:
+def commitment_hook(sessions: sessionmaker[Session], options: DeliveryOptions) -> CommitHook:
     """Storage Commitment after a C-STORE to a ``;commit`` destination (PS3.4 J.3).
 
     Records the delivery's commitment ``requested`` and sends the N-ACTION; the answer is
-    recorded as it comes (on this association within ``wait_s``, default
-    ``options.commitment_wait_s``, or later at the node).
+    recorded as it comes (on this association within ``options.commitment_wait_s``, or later
+    at the node).
     """
     timeouts = Timeouts.of(options.connect_timeout_s, options.timeout_s)
 
@@ -63,6 +62,6 @@ def commitment_hook(sessions: sessionmaker[Session], options: DeliveryOptions,
         request_commitment_for_file(
             sessions, key, destination, outgoing.path,
             calling_ae=options.calling_ae,
-            timeout_s=options.commitment_wait_s if wait_s is None else wait_s, timeouts=timeouts)
+            timeout_s=options.commitment_wait_s, timeouts=timeouts)
 
     return commit

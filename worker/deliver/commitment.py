@@ -26,6 +26,7 @@ from pynetdicom.events import Event
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.commitment import (
+    REPORT_WAIT_S,
     REQUEST_COMMITMENT_ACTION,
     STORAGE_COMMITMENT_INSTANCE,
     STORAGE_COMMITMENT_PUSH_MODEL,
@@ -46,9 +47,6 @@ from worker.errors import WorkerError
 
 logger = logging.getLogger(__name__)
 
-# How long the requester's association stays open for a report on it; PACS that answer later
-# (Orthanc, most others) open an association to the node instead.
-DEFAULT_REPORT_WAIT_S = 0.2  # TRIAGE_COMMITMENT_WAIT_S
 _TIMEOUTS = Timeouts()
 
 
@@ -154,7 +152,7 @@ def _ask(destination: Destination, request: Dataset, sessions: sessionmaker[Sess
 
 def request_commitment(sessions: sessionmaker[Session], delivery: int | DeliveryKey,
                        destination: Destination, sop_class_uid: str, sop_instance_uid: str, *,
-                       calling_ae: str, timeout_s: float = DEFAULT_REPORT_WAIT_S,
+                       calling_ae: str, timeout_s: float = REPORT_WAIT_S,
                        timeouts: Timeouts = _TIMEOUTS) -> CommitmentState:
     """Request Storage Commitment of one sent SOP instance and record what is known so far.
 
@@ -196,7 +194,7 @@ def request_commitment(sessions: sessionmaker[Session], delivery: int | Delivery
 
 def request_commitment_for_file(sessions: sessionmaker[Session], delivery: int | DeliveryKey,
                                 destination: Destination, path: Path, *, calling_ae: str,
-                                timeout_s: float = DEFAULT_REPORT_WAIT_S,
+                                timeout_s: float = REPORT_WAIT_S,
                                 timeouts: Timeouts = _TIMEOUTS) -> CommitmentState:
     """:func:`request_commitment` for the SOP instance in the sent file ``path``."""
     sop_class_uid, sop_instance_uid = sent_object(path)

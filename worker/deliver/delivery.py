@@ -36,6 +36,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.commitment import REPORT_WAIT_S
 from db.commitments import DeliveryKey
 from db.models import Delivery, DeliveryItem, DeliveryState, Report, utcnow
 from db.reports import (
@@ -72,7 +73,7 @@ class DeliveryOptions:
     connect_timeout_s: float = 10.0
     timeout_s: float = 60.0
     jitter: float = DELIVERY_JITTER
-    commitment_wait_s: float = 0.2  # N-EVENT-REPORT on the request's own association
+    commitment_wait_s: float = REPORT_WAIT_S  # N-EVENT-REPORT on the request's association
 
 
 @dataclass(frozen=True)

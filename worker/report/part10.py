@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 
 from common.dicom_ids import stamp_implementation
+from common.durable import fsync_path
 
 
 def write_durably(ds: Dataset, path: Path) -> Dataset:
@@ -30,9 +31,5 @@ def write_durably(ds: Dataset, path: Path) -> Dataset:
     except (OSError, ValueError):
         tmp.unlink(missing_ok=True)
         raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    fsync_path(path.parent, directory=True)
     return dcmread(path, stop_before_pixels=True)

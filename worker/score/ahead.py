@@ -104,14 +104,6 @@ class DecodingProcess:
             raise DecoderGoneError(f"decoding process {self.pid} answered {type(answer)}")
         return answer
 
-    def close(self) -> None:
-        if self._child.stdin is not None:
-            self._child.stdin.close()  # the child's read ends: it exits
-        try:
-            self._child.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._child.kill()
-
 
 _lock = threading.Lock()
 _decoder: tuple[int, DecodingProcess] | None = None  # (pid of the owner, its child)
@@ -126,16 +118,15 @@ def _decoding_process() -> DecodingProcess:
         return _decoder[1]
 
 
-def start_decoder(model: BatchModel) -> DecodingProcess | None:
+def start_decoder(model: BatchModel) -> None:
     """Start the decoding process now, if it will be used, without waiting for it (it takes a
     few seconds to import torch): the first batch's predict hides that."""
     if portable_preprocess(model) is None:
-        return None
+        return
     try:
-        return _decoding_process()
+        _decoding_process()
     except OSError as exc:
         logger.warning("can't start the decoding process (%s); decoding in this process", exc)
-        return None
 
 
 def decode_ahead(refs: Sequence[ImageRef], model: BatchModel) -> DecodedBatch:

@@ -186,38 +186,38 @@ class Ensemble:
         with torch.inference_mode():
             if self.runner is None:
                 probs, features, cams = reference(batch)
-            else:
-                probs, features, cams = self.runner(batch)
-                close = (probs.mean(dim=0) - self.threshold).abs() < self.exact_margin
-                close |= self._near_gate_threshold(features, batch.shape[0])
-                if bool(close.any()):  # near a threshold: let fp32 decide
-                    self.rescored += int(close.sum())
-                    exact, exact_features, exact_cams = reference(batch[close])
-                    probs[:, close] = exact
-                    for ours, theirs in ((features, exact_features), (cams, exact_cams)):
-                        if ours is not None and theirs is not None:
-                            for fold, values in zip(ours, theirs, strict=True):
-                                fold[close] = values
-        return self._summarise(probs, features, cams)
+                return self._summarise(probs, self._gate_scores(features), cams)
+            probs, features, cams = self.runner(batch)
+            scores = self._gate_scores(features)
+            close = (probs.mean(dim=0) - self.threshold).abs() < self.exact_margin
+            if scores is not None and self.gate is not None:
+                margin = self.gate_margin * self.gate.threshold
+                close |= torch.from_numpy(np.abs(scores - self.gate.threshold) < margin)
+            if bool(close.any()):  # near a threshold: let fp32 decide
+                self.rescored += int(close.sum())
+                exact, exact_features, exact_cams = reference(batch[close])
+                probs[:, close] = exact
+                if cams is not None and exact_cams is not None:
+                    for fold, values in zip(cams, exact_cams, strict=True):
+                        fold[close] = values
+                exact_scores = self._gate_scores(exact_features)
+                if scores is not None and exact_scores is not None:
+                    scores[close.numpy()] = exact_scores  # the score is per image
+        return self._summarise(probs, scores, cams)
 
-    def _near_gate_threshold(self, features: list[torch.Tensor] | None,
-                             size: int) -> torch.Tensor:
-        """(B,) whether each image's gate score is within ``gate_margin`` of the gate's
-        threshold (all False without a gate or its features)."""
-        if self.gate is None or features is None or self.gate_margin <= 0:
-            return torch.zeros(size, dtype=torch.bool)
-        scores = self.gate.scores([f.double().numpy() for f in features])
-        near = np.abs(scores - self.gate.threshold) < self.gate_margin * self.gate.threshold
-        return torch.from_numpy(near)
+    def _gate_scores(self, features: list[torch.Tensor] | None) -> np.ndarray | None:
+        """(B,) gate scores of each fold's features; ``None`` without a gate or features."""
+        if self.gate is None or features is None:
+            return None
+        return self.gate.scores([f.double().numpy() for f in features])
 
-    def _summarise(self, probs: torch.Tensor, features: list[torch.Tensor] | None,
+    def _summarise(self, probs: torch.Tensor, scores: np.ndarray | None,
                    cams: list[torch.Tensor] | None) -> BatchPrediction:
         mean = probs.mean(dim=0)
         std = probs.std(dim=0, unbiased=False)
         gate_scores: tuple[float, ...] = ()
         refused: tuple[bool, ...] = ()
-        if self.gate is not None and features is not None:
-            scores = self.gate.scores([f.double().numpy() for f in features])
+        if self.gate is not None and scores is not None:
             gate_scores = tuple(float(v) for v in scores)
             refused = tuple(self.gate.unlike(scores))
         return BatchPrediction(

@@ -190,6 +190,18 @@ def _collect(upcoming: Future[ClaimedBatch | None], lead_id: int) -> ClaimedBatc
         return None
 
 
+def _release_with_ahead(sessions: sessionmaker[Session], token: str, lead_id: int,
+                        upcoming: Future[ClaimedBatch | None] | None,
+                        held: Sequence[int] = ()) -> list[int]:
+    """Release ``held`` and the claims of the batch decoded ahead (waited for); the ids
+    released."""
+    ahead = _collect(upcoming, lead_id) if upcoming is not None else None
+    ids = list(held) + (ahead.ids if ahead is not None else [])
+    if ids:
+        _release(sessions, ids, token)
+    return ids
+
+
 def _predict(sessions: sessionmaker[Session], model: BatchModel, batch: ClaimedBatch,
              token: str, upcoming: Future[ClaimedBatch | None] | None) -> Predicted:
     """Predict ``batch``; on failure release its claims and those of the batch decoded ahead,
@@ -197,11 +209,7 @@ def _predict(sessions: sessionmaker[Session], model: BatchModel, batch: ClaimedB
     try:
         return predict_batch(model, batch.decoded)
     except Exception:
-        held = batch.ids
-        ahead = _collect(upcoming, held[0]) if upcoming is not None else None
-        if ahead is not None:
-            held = held + ahead.ids
-        _release(sessions, held, token)
+        held = _release_with_ahead(sessions, token, batch.ids[0], upcoming, batch.ids)
         logger.exception("instance %d: scoring failed; %d claims released", held[0], len(held))
         raise
 
@@ -210,14 +218,10 @@ def _give_back(sessions: sessionmaker[Session], upcoming: Future[ClaimedBatch | 
                token: str, lead_id: int) -> None:
     """The task stops before the batch decoded ahead: release its claims (the current batch's
     stay with the task, whose retry takes them back)."""
-    ahead = _collect(upcoming, lead_id) if upcoming is not None else None
-    if ahead is None:
-        return
     try:
-        _release(sessions, ahead.ids, token)
+        _release_with_ahead(sessions, token, lead_id, upcoming)
     except Exception:  # e.g. the database is down: the claims are taken over after the lease
-        logger.exception("instance %d: %d claims decoded ahead not released", lead_id,
-                         len(ahead.ids))
+        logger.exception("instance %d: claims decoded ahead not released", lead_id)
 
 
 def _record(sessions: sessionmaker[Session], model: BatchModel, predicted: Predicted,
