@@ -108,10 +108,14 @@ def naive(folds: int) -> Callable[[torch.Tensor], object]:
 
 def load(model_dir: Path, precision: str, backend: str, threads: int, cache: Path,
          margin: float = 0.0, gate_margin: float = 0.0) -> Ensemble:
-    """The worker's ensemble; margins 0 (the default): the fast path alone, no re-check."""
-    return Ensemble.load(model_dir, InferenceSettings(
+    """The worker's ensemble; margins 0 (the default): the fast path alone, no re-check (not
+    even within the margins an int8 graph measured at its build)."""
+    model = Ensemble.load(model_dir, InferenceSettings(
         device="cpu", precision=precision, backend=backend, torch_threads=threads,
         openvino_cache_dir=cache, exact_margin=margin, gate_margin=gate_margin))
+    if margin == gate_margin == 0.0:
+        model.exact_margin = model.gate_margin = 0.0
+    return model
 
 
 def random_weights(args: argparse.Namespace) -> None:
@@ -233,6 +237,8 @@ def trained(args: argparse.Namespace) -> None:
     passes = [exact] + [score_all(load(args.model, p, b, args.threads, cache), tensors,
                                   args.batch) for p, b in variants[1:]]
     gate_margin = args.gate_margin
+    int8_checked = load(args.model, "int8", "openvino", args.threads, cache, margin, gate_margin)
+    int8_pass = score_all(int8_checked, tensors, args.batch)
     auto = load(args.model, "auto", "auto", args.threads, cache, margin, gate_margin)
     auto_pass = score_all(auto, tensors, args.batch)
     print(f"\n{describe_machine()}\n{args.model} ({len(reference.models)} folds, "
@@ -243,18 +249,27 @@ def trained(args: argparse.Namespace) -> None:
     base = len(files) / exact.seconds
     for one in passes:
         rate = len(files) / one.seconds
-        gate_check = None if reference.gate is None else (reference.gate.threshold, gate_margin)
-        line = "" if one is exact else "; " + agreement_line(one, exact, threshold, margin,
+        own = (int8_checked.exact_margin, int8_checked.gate_margin) if one.name.endswith(
+            "int8") else (margin, gate_margin)
+        gate_check = None if reference.gate is None else (reference.gate.threshold, own[1])
+        line = "" if one is exact else "; " + agreement_line(one, exact, threshold, own[0],
                                                              gate_check)
         print(f"  {one.name:16s} {rate:6.2f} img/s {rate / base:5.2f}x torch fp32{line}")
-    rate = len(files) / auto_pass.seconds
-    same = int(((auto_pass.means >= threshold) == (exact.means >= threshold)).sum())
-    print(f"  auto = {auto.choice.describe()}\n  {'auto':16s} {rate:6.2f} img/s "
-          f"{rate / base:5.2f}x torch fp32 (re-check included: {auto_pass.rescored} "
-          f"images re-scored in fp32); decisions equal "
-          f"{same}/{len(files)}, gate decisions equal "
-          f"{int((auto_pass.refused == exact.refused).sum())}/{len(files)}, max |dp| "
-          f"{np.abs(auto_pass.means - exact.means).max():.4f}")
+    if graph.error is not None:
+        print(f"  int8 error measured at build on {graph.error.images} check images: max |dp| "
+              f"{graph.error.max_dp:.4f}, gate {graph.error.gate_deviation}; the int8 path "
+              f"re-checks within {int8_checked.exact_margin:.4f} (probability) and "
+              f"{int8_checked.gate_margin:.3f} of the gate threshold")
+    for name, model, one in (("int8 + re-check", int8_checked, int8_pass),
+                             ("auto", auto, auto_pass)):
+        rate = len(files) / one.seconds
+        same = int(((one.means >= threshold) == (exact.means >= threshold)).sum())
+        print(f"  {name} = {model.choice.describe()}\n  {name:16s} {rate:6.2f} img/s "
+              f"{rate / base:5.2f}x torch fp32 (re-check included: {one.rescored} "
+              f"images re-scored in fp32); decisions equal "
+              f"{same}/{len(files)}, gate decisions equal "
+              f"{int((one.refused == exact.refused).sum())}/{len(files)}, max |dp| "
+              f"{np.abs(one.means - exact.means).max():.4f}")
     gate = reference.gate or random_gate(len(reference.models))
     print(f"\n{describe_machine()}\nimage gate cost on {args.model} (median of "
           f"{args.gate_rounds} interleaved rounds, batch {args.batch}): with / without")

@@ -10,7 +10,10 @@ ahead of the model, scores recorded per batch) using a 10-fold random-weight Res
 ensemble at 224 px. The same loaded ensemble's ``predict`` on preloaded tensors (the
 ``bench/ensemble.py`` measurement, ``images_per_second``), timed before and after the
 re-scoring passes and averaged, is the ceiling; the ratio says how much of it the whole path
-keeps.
+keeps. The live path on copies of the same files, stored ``queued`` as the node leaves them,
+is measured too: ``worker.score.live.score_instances`` as a score task runs it (claims,
+decoding ahead in its decoding process, predict, record), without the broker. The issue's
+ratio is re-scoring against that live rate, same backend, same files.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from worker.rescore.run import RescoreRequest, new_run, score_local
 from worker.runtime import make_worker_engine
 from worker.score.batch import ImageRef
 from worker.score.ensemble import Ensemble
+from worker.score.live import ScoringOptions, score_instances
 from worker.settings import (
     InferenceSettings,
     RescoreSettings,
@@ -79,7 +83,8 @@ def _base_image(compress: bool) -> Dataset:
     return ds
 
 
-def _store(base: Dataset, directory: Path, count: int, study_uid: str) -> list[NewInstance]:
+def _store(base: Dataset, directory: Path, count: int, study_uid: str,
+           status: InstanceStatus = InstanceStatus.SCORED) -> list[NewInstance]:
     """``count`` copies of ``base`` with their own UIDs, written as files."""
     items = []
     for index in range(count):
@@ -92,7 +97,7 @@ def _store(base: Dataset, directory: Path, count: int, study_uid: str) -> list[N
             StudyFacts(study_uid), str(ds.SOPInstanceUID), str(ds.SOPClassUID),
             str(ds.SeriesInstanceUID), "BENCH", str(path), path.stat().st_size,
             str(ds.file_meta.TransferSyntaxUID), file_sha256(path), "CR", "CHEST", "PA",
-            InstanceStatus.SCORED, None))
+            status, None))
     return items
 
 
@@ -109,6 +114,20 @@ def _rescore_rate(factory: sessionmaker[Session], ensemble: Ensemble, study_uid:
     started = time.perf_counter()
     written = score_local(factory, ensemble, todo, run_id=run_id, worker=worker)
     return written / (time.perf_counter() - started), written
+
+
+def _live_rate(factory: sessionmaker[Session], ensemble: Ensemble, items: list[NewInstance],
+               batch: int) -> float:
+    """Images/s of one live score task over ``items``, recorded ``queued`` first (the only
+    queued rows, so the task claims exactly these)."""
+    with factory.begin() as session:
+        ids = [record_instance(session, item).instance_id for item in items]
+    options = ScoringOptions(batch_size=batch, indeterminate_std=WorkerSettings().indeterminate_std,
+                             lease_s=600.0, worker_host="bench", decode_ahead=True,
+                             max_batches=len(ids))
+    started = time.perf_counter()
+    run = score_instances(factory, ids[0], "bench-live", lambda: ensemble, options)
+    return len(run.scored) / (time.perf_counter() - started)
 
 
 def main() -> int:
@@ -144,32 +163,46 @@ def main() -> int:
             syntaxes["JPEG 2000 lossless"] = True
         except Exception as exc:  # no encoder: report uncompressed only
             print(f"JPEG 2000 encoding unavailable ({exc}); uncompressed only")
-        studies = {}
+        studies, queued = {}, {}
         for name, compress in syntaxes.items():
             folder = root / name.replace(" ", "_")
             folder.mkdir()
             studies[name] = generate_uid()
+            base = _base_image(compress)
             with sessions.begin() as session:
-                for item in _store(_base_image(compress), folder, args.images, studies[name]):
+                for item in _store(base, folder, args.images, studies[name]):
                     record_instance(session, item)
+            (folder / "live").mkdir()
+            queued[name] = _store(base, folder / "live", args.images, generate_uid(),
+                                  InstanceStatus.QUEUED)
         def ceiling_rate() -> float:
             return float(bench_ensemble.images_per_second(ensemble.predict, args.batch, 224,
                                                           args.images))
 
+        (root / "warm").mkdir()  # the live path's decoding process starts once per worker:
+        # warm it up with a second batch, which that process decodes
+        _live_rate(sessions, ensemble, _store(_base_image(False), root / "warm", 3,
+                                              generate_uid(), InstanceStatus.QUEUED), 2)
         before = ceiling_rate()
-        rates = {name: _rescore_rate(sessions, ensemble, studies[name], args.workers,
-                                     args.batch)[0] for name in syntaxes}
+        rates, live = {}, {}
+        for name in syntaxes:  # interleaved, so drifting load touches both alike
+            live[name] = _live_rate(sessions, ensemble, queued[name], args.batch)
+            rates[name] = _rescore_rate(sessions, ensemble, studies[name], args.workers,
+                                        args.batch)[0]
         ceiling = (before + ceiling_rate()) / 2  # before and after: contention drifts
         print(describe_machine())
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.folds} "
               f"folds at 224 px, batch {args.batch}, {args.workers} loader workers, "
               f"{args.images} images of {ROWS}x{COLUMNS} per syntax; inference "
               f"{ensemble.choice.describe()}")
-        print(f"{'path':58s} {'img/s':>7s} {'of ceiling':>10s}")
+        print(f"{'path':58s} {'img/s':>7s} {'of ceiling':>10s} {'of live':>8s}")
         print(f"{'Ensemble.predict on preloaded tensors (ceiling)':58s} {ceiling:7.2f} "
               f"{1.0:10.2f}")
         for name, rate in rates.items():
-            print(f"{'rescore, ' + name:58s} {rate:7.2f} {rate / ceiling:10.2f}")
+            print(f"{'live score task, ' + name:58s} {live[name]:7.2f} "
+                  f"{live[name] / ceiling:10.2f} {1.0:8.2f}")
+            print(f"{'rescore, ' + name:58s} {rate:7.2f} {rate / ceiling:10.2f} "
+                  f"{rate / live[name]:8.2f}")
         engine.dispose()
     return 0
 

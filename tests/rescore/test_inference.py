@@ -23,11 +23,12 @@ from db.models import Instance, Score
 from db.settings import DbSettings
 from tests.worker.conftest import AddInstance, load_cpu
 from tests.worker.int8_support import quantized_ensemble
+from training.manifest import load_manifest
 from worker.rescore.modes import SendMode
 from worker.rescore.run import RescoreRequest, load_model, run_rescore
 from worker.rescore.task import register_rescore_task
 from worker.runtime import WorkerContext
-from worker.score.precision import choose_precision
+from worker.score.precision import choose_precision, int8_graph
 from worker.settings import InferenceSettings, RescoreSettings, WorkerSettings
 
 BF16 = InferenceSettings(device="cpu", precision="bf16", exact_margin=0.0)
@@ -117,7 +118,9 @@ def test_distributed_task_loads_with_the_worker_inference_settings(
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> tuple[Path, Path]:
     """A tiny ensemble and the cache holding its int8 graph (NNCF, real training images)."""
-    model_dir, cache, graph = quantized_ensemble(tmp_path_factory.mktemp("int8"), shared_data)
+    # threshold 1: no image is near it, so int8's own probabilities reach the record
+    model_dir, cache, graph = quantized_ensemble(tmp_path_factory.mktemp("int8"), shared_data,
+                                                 threshold=1.0)
     assert graph.ready, graph.reason
     return model_dir, cache
 
@@ -126,8 +129,12 @@ def test_rescore_loads_auto_and_int8_as_live_scoring_does(quantized: tuple[Path,
     model_dir, cache = quantized
     auto = load_model(model_dir, WorkerSettings(inference=InferenceSettings(
         device="cpu", precision="auto", backend="auto", openvino_cache_dir=cache)))
+    manifest = load_manifest(model_dir)
+    graph = int8_graph(cache, manifest.model_version, manifest.input_size,
+                       [f.sha256 for f in manifest.folds])
     expected = choose_precision("auto", "auto", device="cpu", caps=detect(), openvino=True,
-                                int8_ready=True, int8_reason="")
+                                int8_ready=True, int8_reason="",
+                                int8_refusal=graph.auto_refusal(gated=False))
     assert (auto.precision, auto.backend) == (expected.precision, expected.backend)
     assert auto.runner is not None  # every CPU gets a fast path here: OpenVINO is installed
     int8 = load_model(model_dir, WorkerSettings(inference=InferenceSettings(

@@ -15,7 +15,7 @@ from tests.worker.conftest import load_cpu
 from tests.worker.int8_support import CALIBRATION_IMAGES, quantized_ensemble, set_threshold
 from training.manifest import load_manifest
 from training.ood import features_and_logits
-from worker.score.int8 import compile_int8, quantize_ensemble
+from worker.score.int8 import ERROR_SAFETY, compile_int8, quantize_ensemble
 from worker.score.precision import int8_graph, weights_digest
 
 
@@ -81,7 +81,9 @@ def test_int8_decisions_near_the_threshold_are_rechecked_in_fp32(
     rough = load_cpu(model_dir, precision="int8", backend="openvino", openvino_cache_dir=cache,
                      exact_margin=0.0)
     assert (rough.precision, rough.backend) == ("int8", "openvino")
-    raw = rough.predict(real_batch).mean
+    assert rough.runner is not None
+    with torch.inference_mode():
+        raw = rough.runner(real_batch)[0].mean(dim=0).tolist()  # int8 alone, no re-check
     assert abs(raw[0] - exact[0]) > 1e-5  # int8 alone gives image 0 another probability
     # the threshold right between the two: int8 alone decides image 0 the other way
     near = tmp_path / "near"
@@ -97,6 +99,35 @@ def test_int8_decisions_near_the_threshold_are_rechecked_in_fp32(
     assert [m >= threshold for m in result] == [m >= threshold for m in exact]
 
 
+def test_the_build_measures_the_int8_error_and_the_path_rechecks_within_it(
+        quantized: tuple[Path, Path], real_batch: torch.Tensor) -> None:
+    model_dir, cache = quantized
+    manifest = load_manifest(model_dir)
+    graph = int8_graph(cache, manifest.model_version, manifest.input_size,
+                       [f.sha256 for f in manifest.folds])
+    error = graph.error
+    assert error is not None and error.images > 0 and error.max_dp > 0  # int8 is not fp32
+    assert error.gate_deviation is None  # this ensemble has no image gate
+    assert error.exact_margin == pytest.approx(max(0.02, ERROR_SAFETY * error.max_dp), abs=1e-5)
+    assert 0.0 <= error.rescore_share <= 1.0
+    meta = json.loads(graph.path.with_suffix(".json").read_text())
+    check = set(meta["error"]) & {"check_images", "against"}
+    assert check == {"check_images", "against"}
+    # the loaded int8 path re-checks within the measured margin, even when set lower
+    rough = load_cpu(model_dir, precision="int8", backend="openvino", openvino_cache_dir=cache,
+                     exact_margin=0.0)
+    assert rough.exact_margin == pytest.approx(error.exact_margin)
+    with torch.inference_mode():
+        int8_means = rough.runner(real_batch)[0].mean(dim=0) if rough.runner else None
+    assert int8_means is not None
+    exact = load_cpu(model_dir).predict(real_batch).mean
+    result = rough.predict(real_batch).mean
+    near = (int8_means - rough.threshold).abs() < error.exact_margin
+    assert rough.rescored == int(near.sum())
+    for i in near.nonzero().flatten().tolist():  # those images carry the fp32 probability
+        assert result[i] == pytest.approx(exact[i], abs=1e-5)
+
+
 def test_model_quantize_command_keeps_a_current_graph(
         quantized: tuple[Path, Path], shared_data: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -107,3 +138,4 @@ def test_model_quantize_command_keeps_a_current_graph(
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert f"is built ({CALIBRATION_IMAGES} calibration images)" in out and str(cache) in out
+    assert "int8 against fp32 on" in out and "check images" in out

@@ -19,11 +19,14 @@ from tests.worker.conftest import load_cpu
 from worker.models.cli import inference_line
 from worker.score.ensemble import Ensemble, EnsembleError
 from worker.score.precision import (
+    Int8Error,
+    Int8Graph,
     PrecisionError,
     choose_precision,
     describe_plan,
     graph_path,
     int8_graph,
+    weights_digest,
 )
 from worker.settings import BACKENDS, PRECISIONS, InferenceSettings, WorkerSettings
 
@@ -53,24 +56,60 @@ def every_cpu() -> list[Capabilities]:
 
 
 def test_auto_never_picks_a_precision_the_cpu_lacks() -> None:
-    for caps, openvino, ready, gated in itertools.product(every_cpu(), (True, False),
-                                                          (True, False), (True, False)):
+    for caps, openvino, ready, refusal in itertools.product(
+            every_cpu(), (True, False), (True, False), (None, "re-scores too many")):
         for backend in ("auto", "torch") + (("openvino",) if openvino else ()):
             choice = choose_precision("auto", backend, device="cpu", caps=caps,
-                                      openvino=openvino, int8_ready=ready, gated=gated)
+                                      openvino=openvino, int8_ready=ready, int8_refusal=refusal)
             if choice.precision == "bf16":
                 assert caps.native_bf16, (caps.flags, choice)
             if choice.precision == "int8":
                 assert caps.flags & INT8_FLAGS and ready and choice.backend == "openvino"
-                assert not gated  # int8 features change the image gate's decisions
+                assert refusal is None  # its measured error allows it
             assert choice.backend == "torch" or openvino
 
 
-def test_auto_avoids_int8_for_a_model_with_an_image_gate() -> None:
+def _measured(share: float, gate: float | None = 0.2) -> Int8Graph:
+    error = Int8Error(images=200, max_dp=0.01, gate_deviation=gate, exact_margin=0.02,
+                      gate_margin=0.4, rescore_share=share)
+    return Int8Graph(True, Path("m.xml"), "the int8 graph of model m is built", error)
+
+
+@pytest.mark.parametrize(("graph", "gated", "allowed", "why"), [
+    (_measured(0.03), True, True, ""),
+    (_measured(0.03, gate=None), False, True, ""),  # no gate: nothing of it to measure
+    (_measured(0.03, gate=None), True, False, "gate error is unmeasured"),  # gate came later
+    (_measured(0.35), True, False, "re-score 35% of images"),
+    (Int8Graph(True, Path("m.xml"), "built"), False, False, "predates error measurement"),
+    (Int8Graph(False, Path("m.xml"), "no int8 graph of model m"), False, False, "no int8 graph"),
+])
+def test_auto_takes_int8_only_where_its_measured_error_keeps_rechecks_rare(
+        graph: Int8Graph, gated: bool, allowed: bool, why: str) -> None:
+    refusal = graph.auto_refusal(gated)
+    assert (refusal is None) == allowed and why in (refusal or "")
     choice = choose_precision("auto", "auto", device="cpu", caps=ZEN4, openvino=True,
-                              int8_ready=True, gated=True)
-    assert (choice.precision, choice.backend) == ("bf16", "openvino")
-    assert "image-gate statistics" in choice.reason
+                              int8_ready=graph.ready, int8_reason=graph.reason,
+                              int8_refusal=refusal)
+    assert choice.precision == ("int8" if allowed else "bf16")
+    if not allowed:
+        assert why in choice.reason  # `worker` and `model list` show why not int8
+
+
+def test_an_int8_graph_reads_its_measured_error(tmp_path: Path) -> None:
+    path = graph_path(tmp_path, "m", 224, "int8")
+    path.write_text("<net/>")
+    path.with_suffix(".bin").write_bytes(b"")
+    meta = {"weights_sha256": weights_digest(["a"]), "calibration": {"images": 300},
+            "error": {"images": 200, "max_dp": 0.05, "gate_deviation": 0.3,
+                      "exact_margin": 0.1, "gate_margin": 0.6, "rescore_share": 0.25}}
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    graph = int8_graph(tmp_path, "m", 224, ["a"])
+    assert graph.ready and graph.error is not None
+    assert (graph.error.exact_margin, graph.error.gate_margin) == (0.1, 0.6)
+    assert "re-score 25% of images" in (graph.auto_refusal(True) or "")
+    del meta["error"]["rescore_share"]  # a damaged record counts as unmeasured
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    assert int8_graph(tmp_path, "m", 224, ["a"]).error is None
 
 
 @pytest.mark.parametrize(("caps", "openvino", "ready", "expected"), [

@@ -135,6 +135,17 @@ def _quantize(args: argparse.Namespace) -> int:
     graph = quantize_ensemble(model_dir, Path(args.data), settings.inference.openvino_cache_dir,
                               images=args.images, force=args.force)
     print(f"{graph.reason}: {graph.path}")
+    if graph.error is not None:
+        error = graph.error
+        gate = ("" if error.gate_deviation is None else
+                f", gate score by up to {error.gate_deviation:.1%} of the gate threshold")
+        print(f"int8 against fp32 on {error.images} check images: probability off by up to "
+              f"{error.max_dp:.4f}{gate}; re-checked in fp32 within {error.exact_margin:.4f} "
+              f"and {error.gate_margin:.1%} of the gate threshold ({error.rescore_share:.1%} of "
+              f"the check images)")
+        refusal = graph.auto_refusal(gated=error.gate_deviation is not None)
+        print("auto takes int8 on CPUs with VNNI/AMX" if refusal is None else
+              f"auto avoids it: {refusal}")
     return 0
 
 

@@ -159,12 +159,14 @@ class Ensemble:
             model = load_fold_model(path, num_classes=len(manifest.class_names), device=target)
             models.append(model.to(memory_format=torch.channels_last))
         runner = _fast_runner(choice, models, manifest, target, inference, graph)
-        logger.info("ensemble %s: %d folds loaded on %s in %.1f s (threads %d); inference %s",
+        exact_margin, gate_margin = _margins(choice, inference, graph)
+        logger.info("ensemble %s: %d folds loaded on %s in %.1f s (threads %d); inference %s; "
+                    "re-checked in fp32 within %.3f of the threshold and %.0f%% of the gate's",
                     manifest.model_version, len(models), target, time.monotonic() - started,
-                    torch.get_num_threads(), choice.describe())
+                    torch.get_num_threads(), choice.describe(), exact_margin, 100 * gate_margin)
         return cls(manifest, models, target, Path(model_dir), choice.precision, runner,
-                   inference.exact_margin, choice.backend,
-                   _load_gate(manifest, Path(model_dir)), choice, inference.gate_margin)
+                   exact_margin, choice.backend,
+                   _load_gate(manifest, Path(model_dir)), choice, gate_margin)
 
     def preprocess(self, path: Path) -> torch.Tensor:
         """One image file to its (3, size, size) model tensor (training's code path)."""
@@ -245,6 +247,16 @@ def _fast_runner(choice: PrecisionChoice, models: Sequence[nn.Module],
     dtype = DTYPES[choice.precision]
     fast = [copy.deepcopy(m).to(dtype=dtype) for m in models]
     return _torch_runner(fast, manifest.positive_index, device, dtype)
+
+
+def _margins(choice: PrecisionChoice, inference: InferenceSettings,
+             graph: Int8Graph) -> tuple[float, float]:
+    """The re-check margins: the settings, widened for int8 to those measured when its graph
+    was built (twice its largest error; :mod:`worker.score.int8`)."""
+    if choice.precision != "int8" or graph.error is None:
+        return inference.exact_margin, inference.gate_margin
+    return (max(inference.exact_margin, graph.error.exact_margin),
+            max(inference.gate_margin, graph.error.gate_margin))
 
 
 def _load_gate(manifest: EnsembleManifest, directory: Path) -> Gate | None:

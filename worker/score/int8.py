@@ -6,9 +6,15 @@ a few hundred real training images, and caches it beside the fp32 graph in
 ``TRIAGE_OPENVINO_CACHE_DIR``. A sidecar JSON records the weights it was built from (the fold
 SHA-256s), the calibration source and the tool versions; a graph whose weights differ from the
 model's is stale and never used, so a retrained model needs a new ``quantize`` run (``auto``
-falls back to bf16 or fp32 until then, and says so). Decisions stay equal to fp32 because the
-ensemble re-scores in fp32 every image whose int8 probability lies within
-``TRIAGE_EXACT_MARGIN`` of the threshold.
+falls back to bf16 or fp32 until then, and says so).
+
+Decisions stay equal to fp32 because the ensemble re-scores in fp32 every image whose int8
+probability or gate score lies near its threshold. The margins come from the graph itself: the
+build scores up to ``check`` training images it was not calibrated on through both the fp32 and
+the int8 graph and records the largest differences, of the mean probability and of the gate
+score; the int8 path re-checks within twice those (never less than ``TRIAGE_EXACT_MARGIN`` and
+``TRIAGE_GATE_EXACT_MARGIN``). ``auto`` takes int8 only when those margins re-score few images
+(:meth:`worker.score.precision.Int8Graph.auto_refusal`).
 """
 
 from __future__ import annotations
@@ -30,9 +36,12 @@ from worker.score.openvino import (
     save_graph,
 )
 from worker.score.precision import GRAPH_FORMAT, INT8, Int8Graph, int8_graph, weights_digest
+from worker.settings import InferenceSettings
 
 logger = logging.getLogger(__name__)
 DEFAULT_CALIBRATION_IMAGES = 300  # NNCF's default subset size
+DEFAULT_CHECK_IMAGES = 200  # images the build measures the int8 error on
+ERROR_SAFETY = 2.0  # the re-check margins are this many times the largest error measured
 
 
 def compile_int8(graph: Int8Graph, *, threads: int = 0) -> Runner:
@@ -47,9 +56,10 @@ def compile_int8(graph: Int8Graph, *, threads: int = 0) -> Runner:
     return run
 
 
-def calibration_samples(data: Path, count: int, seed: int = 0) -> list[Any]:
+def calibration_samples(data: Path, count: int, seed: int = 0, skip: int = 0) -> list[Any]:
     """Up to ``count`` labelled images of ``data`` (any layout training reads), the classes
-    as balanced as they allow, chosen reproducibly."""
+    as balanced as they allow, chosen reproducibly; ``skip`` passes over the first ones chosen
+    (the check images of a build follow its calibration images)."""
     from training.data import discover
 
     samples = discover(data)
@@ -60,11 +70,50 @@ def calibration_samples(data: Path, count: int, seed: int = 0) -> list[Any]:
     for members in by_class.values():
         rng.shuffle(members)
     chosen: list[Any] = []
-    while len(chosen) < count and any(by_class.values()):
+    while len(chosen) < skip + count and any(by_class.values()):
         for members in by_class.values():
-            if members and len(chosen) < count:
+            if members and len(chosen) < skip + count:
                 chosen.append(members.pop())
-    return chosen
+    return chosen[skip:]
+
+
+def _score(run: Runner, tensors: list[Any], gate: Any) -> tuple[Any, Any]:
+    """(N,) ensemble mean probabilities and gate scores (``None`` without a gate), batch 8."""
+    import numpy as np
+    import torch
+
+    means, scores = [], []
+    for start in range(0, len(tensors), 8):
+        probs, features, _ = run(torch.from_numpy(np.concatenate(tensors[start:start + 8])))
+        means.append(probs.mean(dim=0).numpy())
+        if gate is not None:
+            scores.append(gate.scores([f.double().numpy() for f in features]))
+    return np.concatenate(means), np.concatenate(scores) if gate is not None else None
+
+
+def measure_error(graph: Any, quantized: Any, tensors: list[Any], *, threshold: float,
+                  gate: Any) -> dict[str, Any]:
+    """The int8 graph against the fp32 graph on ``tensors``: largest differences, the margins
+    that follow and the share of these images those margins would re-score in fp32."""
+    import numpy as np
+
+    exact_p, exact_s = _score(compile_graph(graph, precision="fp32"), tensors, gate)
+    rough_p, rough_s = _score(compile_graph(quantized, precision=INT8), tensors, gate)
+    defaults = InferenceSettings()
+    max_dp = float(np.abs(rough_p - exact_p).max())
+    exact_margin = max(defaults.exact_margin, ERROR_SAFETY * max_dp)
+    close = np.abs(rough_p - threshold) < exact_margin
+    deviation, gate_margin = None, 0.0
+    if gate is not None:
+        deviation = float(np.abs(rough_s - exact_s).max() / gate.threshold)
+        gate_margin = max(defaults.gate_margin, ERROR_SAFETY * deviation)
+        close |= np.abs(rough_s - gate.threshold) < gate_margin * gate.threshold
+    return {"images": len(tensors), "max_dp": round(max_dp, 6),
+            "mean_dp": round(float(np.abs(rough_p - exact_p).mean()), 6),
+            "gate_deviation": None if deviation is None else round(deviation, 6),
+            "exact_margin": round(exact_margin, 6), "gate_margin": round(gate_margin, 6),
+            "rescore_share": round(float(close.mean()), 6),
+            "safety": ERROR_SAFETY, "against": "the fp32 OpenVINO graph of the same folds"}
 
 
 def _nncf() -> Any:
@@ -77,31 +126,38 @@ def _nncf() -> Any:
 
 
 def quantize_ensemble(model_dir: Path, data: Path, cache_dir: Path, *,
-                      images: int = DEFAULT_CALIBRATION_IMAGES, force: bool = False
-                      ) -> Int8Graph:
+                      images: int = DEFAULT_CALIBRATION_IMAGES,
+                      check: int = DEFAULT_CHECK_IMAGES, force: bool = False) -> Int8Graph:
     """Build (or keep, when current and not ``force``) the int8 graph of ``model_dir``.
 
     Calibration: ``images`` training images of ``data`` through training's preprocessing,
     one per calibration step. The heads (a 2048 x 2 matrix product per fold) stay fp32: they
-    cost nothing and sit right before the probability.
+    cost nothing and sit right before the probability. Then the error is measured on up to
+    ``check`` other images of ``data`` (the calibration images when there are none).
     """
     import torch
 
     from training.manifest import load_manifest
     from training.model import load_fold_model
+    from training.ood import load_gate
     from training.preprocessing import load_unit_image, to_model_tensor
 
     manifest = load_manifest(model_dir, verify_hashes=True)
     hashes = [fold.sha256 for fold in manifest.folds]
     current = int8_graph(cache_dir, manifest.model_version, manifest.input_size, hashes)
-    if current.ready and not force:
+    if current.ready and current.error is not None and not force:
         return current
     nncf = _nncf()
     started = time.monotonic()
     samples = calibration_samples(data, images)
+    held_out = calibration_samples(data, check, skip=len(samples)) or samples
     config = manifest.preprocess_config()
-    tensors = [to_model_tensor(load_unit_image(s.path, size=config.size, resize=config.resize),
-                               **config.to_dict()).unsqueeze(0).numpy() for s in samples]
+
+    def tensor(path: Path) -> Any:
+        unit = load_unit_image(path, size=config.size, resize=config.resize)
+        return to_model_tensor(unit, **config.to_dict()).unsqueeze(0).numpy()
+
+    tensors = [tensor(s.path) for s in samples]
     models = [load_fold_model(p, num_classes=len(manifest.class_names), device="cpu")
               for p in manifest.fold_paths(model_dir)]
     graph = convert_ensemble(models, positive=manifest.positive_index,
@@ -110,6 +166,13 @@ def quantize_ensemble(model_dir: Path, data: Path, cache_dir: Path, *,
     with torch.inference_mode():
         quantized = nncf.quantize(graph, nncf.Dataset(tensors), subset_size=len(tensors),
                                   ignored_scope=nncf.IgnoredScope(types=["MatMul"]))
+    measured = time.monotonic()
+    error = measure_error(graph, quantized, [tensor(s.path) for s in held_out],
+                          threshold=manifest.threshold,
+                          gate=load_gate(model_dir, manifest.ood_gate, verify_hashes=False))
+    error["check_images"] = ("held out from calibration" if held_out is not samples else
+                             "the calibration images (the data has no others)")
+    error["measure_s"] = round(time.monotonic() - measured, 1)
     save_graph(quantized, current.path)
     ov = import_openvino()
     meta = {
@@ -126,6 +189,7 @@ def quantize_ensemble(model_dir: Path, data: Path, cache_dir: Path, *,
             "preprocessing": config.to_dict(),
         },
         "method": "NNCF post-training quantization (default preset, fp32 heads)",
+        "error": error,
         "nncf": nncf.__version__, "openvino": ov.__version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "build_s": round(time.monotonic() - started, 1),
@@ -134,6 +198,11 @@ def quantize_ensemble(model_dir: Path, data: Path, cache_dir: Path, *,
     tmp = sidecar.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     tmp.replace(sidecar)
-    logger.info("ensemble %s: int8 graph built on %d images in %.0f s: %s",
-                manifest.model_version, len(samples), meta["build_s"], current.path)
+    logger.info("ensemble %s: int8 graph built on %d images in %.0f s: %s; on %d check images "
+                "it strays by up to %.4f in probability and %s of the gate threshold; margins "
+                "%.3f / %.0f%% re-score %.0f%% of them", manifest.model_version, len(samples),
+                meta["build_s"], current.path, error["images"], error["max_dp"],
+                "n/a" if error["gate_deviation"] is None else f"{error['gate_deviation']:.0%}",
+                error["exact_margin"], 100 * error["gate_margin"],
+                100 * error["rescore_share"])
     return int8_graph(cache_dir, manifest.model_version, manifest.input_size, hashes)

@@ -32,12 +32,11 @@ logger = logging.getLogger(__name__)
 # not read (pf1: probabilities and the gate's pooled features).
 GRAPH_FORMAT = "pf1"
 INT8 = "int8"
-# bench/ensemble.py on a trained 10-fold ensemble and 344 real images: int8 kept every
-# probability decision but changed 17 of 344 image-gate decisions (gate scores off by 39 % of
-# the threshold on average): the Mahalanobis distance reads directions of tiny variance, which
-# int8 rounding fills. bf16 and fp32 graphs changed none.
-INT8_GATE_REASON = ("the model has image-gate statistics and int8 features change the gate's "
-                    "decisions")
+# ``auto`` takes int8 only when, on the check images of the build, the measured margins
+# re-score at most this share in fp32: a re-scored image costs the fp32 rate (a fifth of int8's
+# or less), so above about a tenth the bf16 path is as fast and re-scores less
+# (docs/benchmarks.md).
+MAX_INT8_RESCORE_SHARE = 0.10
 
 
 class PrecisionError(TriageError):
@@ -56,12 +55,57 @@ def graph_path(cache_dir: Path, model_version: str, size: int, kind: str) -> Pat
 
 
 @dataclass(frozen=True)
+class Int8Error:
+    """How far the int8 graph strays from fp32, measured when it was built on images it was
+    not calibrated on, and the re-check margins that follow (twice the largest error seen)."""
+
+    images: int
+    max_dp: float  # largest |int8 - fp32| of the ensemble's mean probability
+    gate_deviation: float | None  # largest |int8 - fp32| gate score / gate threshold
+    exact_margin: float  # probability margin the int8 path re-checks within
+    gate_margin: float  # gate margin, a share of the gate threshold (0 without a gate)
+    rescore_share: float  # share of the check images those margins send to fp32
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Int8Error | None:
+        try:
+            gate = data.get("gate_deviation")
+            return cls(int(str(data["images"])), float(str(data["max_dp"])),
+                       None if gate is None else float(str(gate)),
+                       float(str(data["exact_margin"])), float(str(data["gate_margin"])),
+                       float(str(data["rescore_share"])))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
 class Int8Graph:
-    """Whether a current int8 graph exists for a model, and why not when it doesn't."""
+    """Whether a current int8 graph exists for a model, and why not when it doesn't; with the
+    error measured when it was built (``None`` for graphs built before that was measured)."""
 
     ready: bool
     path: Path
     reason: str
+    error: Int8Error | None = None
+
+    def auto_refusal(self, gated: bool) -> str | None:
+        """Why ``auto`` must not take this graph, or ``None`` when its measured margins keep
+        decisions equal to fp32 while re-scoring few images."""
+        if not self.ready:
+            return self.reason
+        if self.error is None:
+            return ("the int8 graph predates error measurement (`cxr-triage model quantize "
+                    "--force` rebuilds it)")
+        if gated and self.error.gate_deviation is None:
+            return ("the int8 graph was built before the image gate, so its gate error is "
+                    "unmeasured (`cxr-triage model quantize --force`)")
+        if self.error.rescore_share > MAX_INT8_RESCORE_SHARE:
+            return (f"int8 strays from fp32 by up to {self.error.max_dp:.3f} in probability"
+                    + ("" if self.error.gate_deviation is None else
+                       f" and {self.error.gate_deviation:.0%} of the gate threshold")
+                    + f", so its margins would re-score {self.error.rescore_share:.0%} of images "
+                    f"in fp32 (more than {MAX_INT8_RESCORE_SHARE:.0%})")
+        return None
 
 
 def weights_digest(fold_hashes: Sequence[str]) -> str:
@@ -85,8 +129,10 @@ def int8_graph(cache_dir: Path, model_version: str, size: int,
         return Int8Graph(False, path, f"the int8 graph {path.name} was built from other "
                          "weights (`cxr-triage model quantize` rebuilds it)")
     calibration = meta.get("calibration", {})
+    error = meta.get("error")
     return Int8Graph(True, path, f"the int8 graph of model {model_version} is built "
-                     f"({calibration.get('images', '?')} calibration images)")
+                     f"({calibration.get('images', '?')} calibration images)",
+                     Int8Error.from_dict(error) if isinstance(error, dict) else None)
 
 
 @dataclass(frozen=True)
@@ -127,13 +173,13 @@ def _cuda(precision: str, caps: Capabilities) -> PrecisionChoice:
 
 
 def _auto_cpu(caps: Capabilities, use_openvino: bool, int8_ready: bool,
-              int8_reason: str, no_openvino: str, gated: bool) -> PrecisionChoice:
-    if use_openvino and caps.int8_dot and int8_ready and not gated:
+              int8_reason: str, no_openvino: str, int8_refusal: str | None) -> PrecisionChoice:
+    if use_openvino and caps.int8_dot and int8_ready and int8_refusal is None:
         return PrecisionChoice("int8", "openvino", f"auto: int8 dot products "
                                f"({_int8_flag(caps)}) and {int8_reason}")
     why_not_int8 = ("no VNNI/AMX for int8" if not caps.int8_dot else
                     no_openvino if not use_openvino else
-                    INT8_GATE_REASON if gated else int8_reason)
+                    int8_reason if not int8_ready else str(int8_refusal))
     if caps.native_bf16:
         backend = "openvino" if use_openvino else "torch"
         return PrecisionChoice("bf16", backend, f"auto: native bf16 ({_bf16_flag(caps)}); "
@@ -145,7 +191,8 @@ def _auto_cpu(caps: Capabilities, use_openvino: bool, int8_ready: bool,
 
 def choose_precision(precision: str, backend: str, *, device: str, caps: Capabilities,
                      openvino: bool, int8_ready: bool = False,
-                     int8_reason: str = "no int8 graph", gated: bool = False) -> PrecisionChoice:
+                     int8_reason: str = "no int8 graph", int8_refusal: str | None = None
+                     ) -> PrecisionChoice:
     """The precision and backend for these settings on this hardware.
 
     Parameters
@@ -155,8 +202,8 @@ def choose_precision(precision: str, backend: str, *, device: str, caps: Capabil
     caps : the hardware report (tests pass a made-up one).
     openvino : whether the openvino package is installed.
     int8_ready, int8_reason : whether a current int8 graph of the model exists, and why not.
-    gated : whether the model has image-gate statistics (``auto`` then avoids int8, whose
-        features change the gate's decisions).
+    int8_refusal : why ``auto`` avoids the (ready) int8 graph, from its measured error
+        (:meth:`Int8Graph.auto_refusal`); ``None`` when it may take it.
     """
     if precision not in PRECISION_SETTINGS:
         raise PrecisionError(f"inference precision {precision!r}: use "
@@ -172,7 +219,7 @@ def choose_precision(precision: str, backend: str, *, device: str, caps: Capabil
     if precision == "auto":
         return _auto_cpu(caps, use_openvino, int8_ready, int8_reason,
                          "OpenVINO not installed" if backend == "auto" else
-                         "TRIAGE_INFERENCE_BACKEND=torch", gated)
+                         "TRIAGE_INFERENCE_BACKEND=torch", int8_refusal)
     if precision == "int8":
         if not use_openvino:
             raise PrecisionError("int8 runs through OpenVINO: set TRIAGE_INFERENCE_BACKEND to "
@@ -182,10 +229,9 @@ def choose_precision(precision: str, backend: str, *, device: str, caps: Capabil
         if not caps.int8_dot:
             logger.warning("int8 on %s without VNNI/AMX: int8 gains less here; measure it with "
                            "bench/ensemble.py", caps.cpu_model)
-        if gated:
-            logger.warning("TRIAGE_INFERENCE_PRECISION=int8 with an image gate: %s (about 5 %% "
-                           "of images in bench/ensemble.py); `auto` avoids int8 here",
-                           INT8_GATE_REASON)
+        if int8_refusal is not None:
+            logger.warning("TRIAGE_INFERENCE_PRECISION=int8 although %s; `auto` avoids int8 "
+                           "here", int8_refusal)
     if precision == "bf16" and not caps.native_bf16:
         logger.warning("TRIAGE_INFERENCE_PRECISION=bf16 on %s, which has NO native bf16: torch "
                        "emulates it, about 7x slower than fp32 (PERF-NOTES, Zen 3), and "
@@ -211,7 +257,7 @@ def plan(precision: str, backend: str, *, device: str, caps: Capabilities, cache
     graph = int8_graph(cache_dir, model_version, input_size, fold_hashes)
     choice = choose_precision(precision, backend, device=device, caps=caps,
                               openvino=openvino_installed(), int8_ready=graph.ready,
-                              int8_reason=graph.reason, gated=gated)
+                              int8_reason=graph.reason, int8_refusal=graph.auto_refusal(gated))
     return choice, graph
 
 
