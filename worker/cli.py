@@ -54,7 +54,8 @@ def _log_inference_plan(settings: WorkerSettings) -> None:
                 inference.precision, inference.backend,
                 describe_plan(model_dir, inference.precision, inference.backend,
                               device_setting=inference.device, caps=caps,
-                              cache_dir=inference.openvino_cache_dir))
+                              cache_dir=inference.openvino_cache_dir,
+                              threads=inference.torch_threads))
 
 
 def _with_default_threads(settings: WorkerSettings) -> WorkerSettings:

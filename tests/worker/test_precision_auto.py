@@ -16,7 +16,9 @@ import pytest
 
 from common.hardware import INT8_FLAGS, RELEVANT_FLAGS, Capabilities, parse_cpuinfo
 from tests.worker.conftest import load_cpu
+from training.manifest import load_manifest
 from worker.models.cli import inference_line
+from worker.score import speed
 from worker.score.ensemble import Ensemble, EnsembleError
 from worker.score.precision import (
     Int8Error,
@@ -166,8 +168,13 @@ def test_cpuinfo_flags_and_description() -> None:
     assert "avx512_bf16" in ZEN4.describe() and set(RELEVANT_FLAGS) >= ZEN4.flags
 
 
-def test_the_loader_resolves_auto_for_the_injected_cpu(tiny_ensemble: Path) -> None:
-    settings = InferenceSettings(device="cpu", precision="auto", backend="torch")
+def test_the_loader_resolves_auto_for_the_injected_cpu(tiny_ensemble: Path,
+                                                       tmp_path: Path) -> None:
+    settings = InferenceSettings(device="cpu", precision="auto", backend="torch",
+                                 openvino_cache_dir=tmp_path)
+    manifest = load_manifest(tiny_ensemble)  # Zen 4's bf16 as timed there (no AMX: timed)
+    speed.store_rates(speed.cache_file(tmp_path, manifest.model_version, manifest.input_size),
+                      speed.cache_key(ZEN4, "torch", 0), {"bf16": 4.0, "fp32": 1.9})
     on_zen3 = Ensemble.load(tiny_ensemble, settings, capabilities=ZEN3)
     assert (on_zen3.precision, on_zen3.backend, on_zen3.runner) == ("fp32", "torch", None)
     on_zen4 = Ensemble.load(tiny_ensemble, settings, capabilities=ZEN4)
@@ -211,6 +218,6 @@ def test_model_list_line_is_the_loaders_choice_on_this_machine(tiny_ensemble: Pa
     manifest = json.loads((tiny_ensemble / "ensemble.json").read_text())
     settings = WorkerSettings(inference=InferenceSettings(
         device="cpu", precision="auto", backend="torch", openvino_cache_dir=tmp_path))
-    line = inference_line(manifest, settings)
     loaded = Ensemble.load(tiny_ensemble, settings.inference)  # this machine, detected
+    line = inference_line(manifest, settings)  # after any timing the loader did and recorded
     assert line == f"    inference here: {loaded.choice.describe()}"

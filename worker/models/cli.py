@@ -59,7 +59,8 @@ def inference_line(manifest: dict[str, Any], settings: WorkerSettings) -> str:
     try:
         choice = plan_from_manifest(manifest, inference.precision, inference.backend,
                                     device=planned_device(inference.device, caps), caps=caps,
-                                    cache_dir=inference.openvino_cache_dir)
+                                    cache_dir=inference.openvino_cache_dir,
+                                    threads=inference.torch_threads)
     except PrecisionError as exc:
         return f"    inference here: REFUSED: {exc}"
     return f"    inference here: {choice.describe()}"
@@ -117,7 +118,8 @@ def _print_model_dir_plan(settings: WorkerSettings) -> None:
     inference = settings.inference
     plan = describe_plan(settings.model_dir, inference.precision, inference.backend,
                          device_setting=inference.device, caps=detect(light=True),
-                         cache_dir=inference.openvino_cache_dir)
+                         cache_dir=inference.openvino_cache_dir,
+                         threads=inference.torch_threads)
     print(f"TRIAGE_MODEL_DIR inference here: {plan}")
 
 

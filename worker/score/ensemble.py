@@ -23,6 +23,7 @@ from training.manifest import EnsembleManifest, load_manifest
 from training.model import ARCHITECTURE, load_fold_model
 from training.ood import Gate, load_gate, stage_outputs
 from training.preprocessing import PreprocessConfig, load_unit_image, to_model_tensor
+from worker.score import speed
 from worker.score.cam import fold_mean_cam, stage_cam
 from worker.score.int8 import compile_int8
 from worker.score.openvino import compile_ensemble
@@ -144,9 +145,10 @@ class Ensemble:
             raise EnsembleError(f"{model_dir}: architecture {manifest.architecture!r} is not "
                                 f"{ARCHITECTURE!r}; this worker runs ResNet-50 ensembles")
         target = resolve_device(inference.device)
+        caps = capabilities or detect()
         try:
             choice, graph = plan(inference.precision, inference.backend, device=target,
-                                 caps=capabilities or detect(),
+                                 caps=caps,
                                  cache_dir=inference.openvino_cache_dir,
                                  model_version=manifest.model_version,
                                  input_size=manifest.input_size,
@@ -158,7 +160,11 @@ class Ensemble:
         for path in manifest.fold_paths(Path(model_dir)):
             model = load_fold_model(path, num_classes=len(manifest.class_names), device=target)
             models.append(model.to(memory_format=torch.channels_last))
-        runner = _fast_runner(choice, models, manifest, target, inference, graph)
+        if speed.worth_timing(inference.precision, choice, caps, target):
+            choice, runner = _faster_of(choice, models, manifest, target, inference, caps,
+                                        graph)
+        else:
+            runner = _fast_runner(choice, models, manifest, target, inference, graph)
         exact_margin, gate_margin = _margins(choice, inference, graph)
         logger.info("ensemble %s: %d folds loaded on %s in %.1f s (threads %d); inference %s; "
                     "re-checked in fp32 within %.3f of the threshold and %.0f%% of the gate's",
@@ -247,6 +253,29 @@ def _fast_runner(choice: PrecisionChoice, models: Sequence[nn.Module],
     dtype = DTYPES[choice.precision]
     fast = [copy.deepcopy(m).to(dtype=dtype) for m in models]
     return _torch_runner(fast, manifest.positive_index, device, dtype)
+
+
+def _faster_of(choice: PrecisionChoice, models: Sequence[nn.Module],
+               manifest: EnsembleManifest, device: str, inference: InferenceSettings,
+               caps: Capabilities, graph: Int8Graph) -> tuple[PrecisionChoice, FoldRunner | None]:
+    """bf16 or fp32 on ``choice``'s backend, whichever runs faster here (timed once per
+    machine and model, then cached: :mod:`worker.score.speed`), with its runner."""
+    path = speed.cache_file(inference.openvino_cache_dir, manifest.model_version,
+                            manifest.input_size)
+    key = speed.cache_key(caps, choice.backend, inference.torch_threads)
+    rates = speed.cached_rates(path, key)
+    fp32 = PrecisionChoice("fp32", choice.backend, "")
+    if rates is None:
+        runners = {"bf16": _fast_runner(choice, models, manifest, device, inference, graph),
+                   "fp32": _fast_runner(fp32, models, manifest, device, inference, graph)}
+        timed = {name: run or _torch_runner(models, manifest.positive_index, device,
+                                            torch.float32) for name, run in runners.items()}
+        rates = speed.measure(timed, manifest.input_size)
+        speed.store_rates(path, key, rates)
+        decided = speed.decided(choice, rates)
+        return decided, runners[decided.precision]
+    decided = speed.decided(choice, rates)
+    return decided, _fast_runner(decided, models, manifest, device, inference, graph)
 
 
 def _margins(choice: PrecisionChoice, inference: InferenceSettings,

@@ -94,7 +94,11 @@ def save_graph(graph: Any, path: Path) -> None:
 def compile_graph(graph: Any, *, precision: str, threads: int = 0) -> Runner:
     """Compile a converted graph for the CPU; ``precision`` sets the inference hint."""
     ov = import_openvino()
-    config: dict[str, object] = {"INFERENCE_PRECISION_HINT": OV_PRECISION[precision]}
+    # Unpinned: pinned threads collapse beside another busy process, as spinning ones do
+    # (0.42 against 0.65 of the alone speed, docs/benchmarks.md "Threads"); the decoding
+    # processes of the live path and of re-scoring are such processes.
+    config: dict[str, object] = {"INFERENCE_PRECISION_HINT": OV_PRECISION[precision],
+                                 "ENABLE_CPU_PINNING": False}
     if threads > 0:
         config["INFERENCE_NUM_THREADS"] = threads
     compiled = ov.Core().compile_model(graph, "CPU", config)

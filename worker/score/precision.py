@@ -262,26 +262,41 @@ def plan(precision: str, backend: str, *, device: str, caps: Capabilities, cache
 
 
 def plan_from_manifest(manifest: dict[str, object], precision: str, backend: str, *,
-                       device: str, caps: Capabilities, cache_dir: Path) -> PrecisionChoice:
-    """:func:`plan` from a raw ``ensemble.json`` (the model store's copy): no torch import."""
+                       device: str, caps: Capabilities, cache_dir: Path,
+                       threads: int = 0) -> PrecisionChoice:
+    """:func:`plan` from a raw ``ensemble.json`` (the model store's copy): no torch import.
+    Where the loader times bf16 against fp32 (:mod:`worker.score.speed`), the rates it
+    recorded decide, as they do for the loader."""
+    from worker.score import speed
+
     folds = manifest.get("folds")
     hashes = [str(f.get("sha256", "")) for f in folds if isinstance(f, dict)] if isinstance(
         folds, list) else []
     size = manifest.get("input_size")
-    return plan(precision, backend, device=device, caps=caps, cache_dir=cache_dir,
-                model_version=str(manifest.get("model_version", "?")),
-                input_size=size if isinstance(size, int) else 0, fold_hashes=hashes,
-                gated=bool(manifest.get("ood_gate")))[0]
+    version, input_size = str(manifest.get("model_version", "?")), size if isinstance(
+        size, int) else 0
+    choice = plan(precision, backend, device=device, caps=caps, cache_dir=cache_dir,
+                  model_version=version, input_size=input_size, fold_hashes=hashes,
+                  gated=bool(manifest.get("ood_gate")))[0]
+    if not speed.worth_timing(precision, choice, caps, device):
+        return choice
+    rates = speed.cached_rates(speed.cache_file(cache_dir, version, input_size),
+                               speed.cache_key(caps, choice.backend, threads))
+    if rates is None:
+        return PrecisionChoice(choice.precision, choice.backend, f"{choice.reason}; bf16 "
+                               "without AMX: bf16 and fp32 are timed at the first start and "
+                               "the faster is kept")
+    return speed.decided(choice, rates)
 
 
 def describe_plan(model_dir: Path, precision: str, backend: str, *, device_setting: str,
-                  caps: Capabilities, cache_dir: Path) -> str:
+                  caps: Capabilities, cache_dir: Path, threads: int = 0) -> str:
     """What the model in ``model_dir`` will run in here, and why (or why that is unknown)."""
     try:
         manifest = json.loads((model_dir / "ensemble.json").read_text(encoding="utf-8"))
         choice = plan_from_manifest(manifest, precision, backend,
                                     device=planned_device(device_setting, caps), caps=caps,
-                                    cache_dir=cache_dir)
+                                    cache_dir=cache_dir, threads=threads)
     except (OSError, ValueError, AttributeError) as exc:
         return f"unknown until the model loads ({model_dir}: {exc})"
     except PrecisionError as exc:
