@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from common.durable import replace_json
 from common.threads import usable_cores
 from training import engine
 from training.data import (
@@ -208,9 +209,7 @@ def load_fold_result(out: Path, index: int) -> FoldResult | None:
 def save_fold_result(out: Path, result: FoldResult) -> None:
     """Write ``fold_XX.json`` last, after the weights, so it marks the fold as finished."""
     path = FoldResult.path(out, result.index)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result.__dict__) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    replace_json(path, result.__dict__, indent=None)
 
 
 def run_cross_validation(settings: TrainingSettings) -> tuple[Prepared, list[FoldResult]]:

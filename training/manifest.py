@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.durable import replace_json
 from training.data import file_sha256
 from training.errors import TrainingError
 from training.preprocessing import PreprocessConfig
@@ -84,9 +85,7 @@ def model_version(hashes: list[str]) -> str:
 def write_manifest(directory: Path, manifest: EnsembleManifest) -> Path:
     """Write ``ensemble.json`` atomically and return its path."""
     path = directory / MANIFEST_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    replace_json(path, manifest.to_dict())
     return path
 
 

@@ -260,22 +260,21 @@ def _faster_of(choice: PrecisionChoice, models: Sequence[nn.Module],
                caps: Capabilities, graph: Int8Graph) -> tuple[PrecisionChoice, FoldRunner | None]:
     """bf16 or fp32 on ``choice``'s backend, whichever runs faster here (timed once per
     machine and model, then cached: :mod:`worker.score.speed`), with its runner."""
-    path = speed.cache_file(inference.openvino_cache_dir, manifest.model_version,
-                            manifest.input_size)
-    key = speed.cache_key(caps, choice.backend, inference.torch_threads)
-    rates = speed.cached_rates(path, key)
+    cache, version, size = inference.openvino_cache_dir, manifest.model_version, \
+        manifest.input_size
+    timed = speed.cached_choice(choice, caps, cache, version, size, inference.torch_threads)
+    if timed is not None:
+        return timed, _fast_runner(timed, models, manifest, device, inference, graph)
     fp32 = PrecisionChoice("fp32", choice.backend, "")
-    if rates is None:
-        runners = {"bf16": _fast_runner(choice, models, manifest, device, inference, graph),
-                   "fp32": _fast_runner(fp32, models, manifest, device, inference, graph)}
-        timed = {name: run or _torch_runner(models, manifest.positive_index, device,
-                                            torch.float32) for name, run in runners.items()}
-        rates = speed.measure(timed, manifest.input_size)
-        speed.store_rates(path, key, rates)
-        decided = speed.decided(choice, rates)
-        return decided, runners[decided.precision]
+    runners = {"bf16": _fast_runner(choice, models, manifest, device, inference, graph),
+               "fp32": _fast_runner(fp32, models, manifest, device, inference, graph)}
+    rates = speed.measure({name: run or _torch_runner(models, manifest.positive_index, device,
+                                                      torch.float32)
+                           for name, run in runners.items()}, size)
+    speed.store_rates(speed.cache_file(cache, version, size),
+                      speed.cache_key(caps, choice.backend, inference.torch_threads), rates)
     decided = speed.decided(choice, rates)
-    return decided, _fast_runner(decided, models, manifest, device, inference, graph)
+    return decided, runners[decided.precision]
 
 
 def _margins(choice: PrecisionChoice, inference: InferenceSettings,

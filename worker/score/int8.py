@@ -19,7 +19,6 @@ score; the int8 path re-checks within twice those (never less than ``TRIAGE_EXAC
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -27,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common.durable import replace_json
 from worker.score.openvino import (
     OpenVinoError,
     Runner,
@@ -194,10 +194,7 @@ def quantize_ensemble(model_dir: Path, data: Path, cache_dir: Path, *,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "build_s": round(time.monotonic() - started, 1),
     }
-    sidecar = current.path.with_suffix(".json")
-    tmp = sidecar.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(sidecar)
+    replace_json(current.path.with_suffix(".json"), meta)
     logger.info("ensemble %s: int8 graph built on %d images in %.0f s: %s; on %d check images "
                 "it strays by up to %.4f in probability and %s of the gate threshold; margins "
                 "%.3f / %.0f%% re-score %.0f%% of them", manifest.model_version, len(samples),

@@ -280,13 +280,12 @@ def plan_from_manifest(manifest: dict[str, object], precision: str, backend: str
                   gated=bool(manifest.get("ood_gate")))[0]
     if not speed.worth_timing(precision, choice, caps, device):
         return choice
-    rates = speed.cached_rates(speed.cache_file(cache_dir, version, input_size),
-                               speed.cache_key(caps, choice.backend, threads))
-    if rates is None:
+    timed = speed.cached_choice(choice, caps, cache_dir, version, input_size, threads)
+    if timed is None:
         return PrecisionChoice(choice.precision, choice.backend, f"{choice.reason}; bf16 "
                                "without AMX: bf16 and fp32 are timed at the first start and "
                                "the faster is kept")
-    return speed.decided(choice, rates)
+    return timed
 
 
 def describe_plan(model_dir: Path, precision: str, backend: str, *, device_setting: str,

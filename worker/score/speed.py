@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from common.durable import replace_json
 from common.hardware import Capabilities
 from worker.score.precision import PrecisionChoice
 
@@ -70,9 +71,15 @@ def store_rates(path: Path, key: str, rates: Mapping[str, float]) -> None:
     data[key] = {**{k: round(v, 3) for k, v in rates.items()},
                  "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    replace_json(path, data)
+
+
+def cached_choice(choice: PrecisionChoice, caps: Capabilities, cache_dir: Path,
+                  model_version: str, size: int, threads: int) -> PrecisionChoice | None:
+    """The faster of bf16 and fp32 as timed before on this machine; ``None`` when untimed."""
+    rates = cached_rates(cache_file(cache_dir, model_version, size),
+                         cache_key(caps, choice.backend, threads))
+    return None if rates is None else decided(choice, rates)
 
 
 def measure(runners: Mapping[str, Callable[[torch.Tensor], object]], size: int,
