@@ -68,7 +68,7 @@ def store_rates(path: Path, key: str, rates: Mapping[str, float]) -> None:
         data = {}
     if not isinstance(data, dict):
         data = {}
-    data[key] = {**{k: round(v, 3) for k, v in rates.items()},
+    data[key] = {**rates,
                  "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path.parent.mkdir(parents=True, exist_ok=True)
     replace_json(path, data)
@@ -97,7 +97,8 @@ def measure(runners: Mapping[str, Callable[[torch.Tensor], object]], size: int,
                 started = time.perf_counter()
                 run(batch)
                 seconds[name] += time.perf_counter() - started
-    return {name: rounds * BATCH / max(spent, 1e-9) for name, spent in seconds.items()}
+    # rounded as the cache stores them, so the loader and `model list` state the same rates
+    return {name: round(rounds * BATCH / max(spent, 1e-9), 3) for name, spent in seconds.items()}
 
 
 def decided(choice: PrecisionChoice, rates: Mapping[str, float]) -> PrecisionChoice:
