@@ -111,10 +111,10 @@ class InferenceSettings:
 
 
 def default_loader_workers() -> int:
-    """One decoding process on a 2-core machine (a second one takes CPU from inference:
-    bench/rescore.py measured 0.92 of the ensemble's throughput on JPEG 2000 with one, 0.89
-    with two), two on larger machines."""
-    return 1 if (os.cpu_count() or 1) <= 2 else 2
+    """On a 2-core machine none: the live path's decoding process decodes one batch ahead (a
+    DataLoader process took CPU from inference: bench/rescore.py measured 0.60 of the live rate
+    with one against 0.97 without); two DataLoader processes on larger machines."""
+    return 0 if (os.cpu_count() or 1) <= 2 else 2
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,8 @@ class RescoreSettings:
     Attributes
     ----------
     batch : images per forward pass (and instance ids per distributed task).
-    loader_workers : DataLoader processes decoding and preprocessing ahead of the model.
+    loader_workers : DataLoader processes decoding and preprocessing ahead of the model; 0:
+        the live path's decoding process, one batch ahead.
     stall_s : ``--distributed`` gives up (exit 1) after this long without progress.
     progress_log_s : a progress line is logged this often (the bar shows only on a terminal).
     drift_psi : PSI above which ``drift`` warns (0.1 moderate, 0.2 large shift).

@@ -1,4 +1,11 @@
-"""Decoding ahead of the model for local re-scoring: a torch DataLoader over the run's images.
+"""Decoding ahead of the model for local re-scoring.
+
+With ``TRIAGE_RESCORE_WORKERS`` 0 (the default on 2 cores), :func:`decoded_batches` decodes
+the next batch in the live worker's decoding process (:mod:`worker.score.ahead`) while the
+current one is predicted, one batch ahead, as live scoring does: on 2 cores a DataLoader
+worker, two batches ahead, took CPU from inference (bench/rescore.py: 0.60 of the live rate
+with one DataLoader process, 0.97 decoding in the run's own process, docs/benchmarks.md).
+With 1 or more, a torch DataLoader over the run's images:
 
 Decoding and preprocessing run in DataLoader worker processes with training's own
 ``preprocess`` and the manifest's :class:`PreprocessConfig` (never the models), so the next
@@ -9,14 +16,24 @@ live scoring uses.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from training.preprocessing import PreprocessConfig, preprocess
-from worker.score.batch import Decoded, ImageRef, collate, decode
+from worker.score.ahead import decode_ahead, start_decoder
+from worker.score.batch import (
+    BatchModel,
+    Decoded,
+    DecodedBatch,
+    ImageRef,
+    collate,
+    decode,
+    decode_batch,
+)
 
 
 class RescoreDataset(Dataset[Decoded]):
@@ -49,3 +66,30 @@ def make_loader(refs: Sequence[ImageRef], config: PreprocessConfig, *, batch_siz
         worker_init_fn=_one_thread if workers else None,
         prefetch_factor=2 if workers else None, persistent_workers=False,
     )
+
+
+def decoded_batches(refs: Sequence[ImageRef], model: BatchModel, *, batch_size: int,
+                    workers: int, pin_memory: bool = False) -> Iterator[DecodedBatch]:
+    """The run's images in decoded batches, in order, the next one decoded meanwhile: by
+    ``workers`` DataLoader processes, or with 0 by the decoding process, one batch ahead (the
+    first batch is decoded here while that process starts)."""
+    config = getattr(model, "config", None)
+    if workers > 0 and isinstance(config, PreprocessConfig):
+        yield from make_loader(refs, config, batch_size=batch_size, workers=workers,
+                               pin_memory=pin_memory)
+        return
+    chunks = [refs[i:i + batch_size] for i in range(0, len(refs), batch_size)]
+    if not chunks:
+        return
+    current = decode_batch(chunks[0], model.preprocess)
+    if len(chunks) > 1:
+        start_decoder(model)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rescore-ahead",
+                            initializer=_one_thread, initargs=(0,)) as ahead:
+        for number in range(1, len(chunks) + 1):
+            upcoming = ahead.submit(decode_ahead, chunks[number], model) if number < len(
+                chunks) else None
+            yield current
+            if upcoming is None:
+                break
+            current = upcoming.result()

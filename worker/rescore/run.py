@@ -47,7 +47,7 @@ from worker.report.identity import model_identity
 from worker.rescore.compare import Comparison, compare
 from worker.rescore.distributed import score_distributed
 from worker.rescore.dryrun import dry_run_outcome
-from worker.rescore.loader import make_loader
+from worker.rescore.loader import decoded_batches
 from worker.rescore.progress import Progress
 from worker.rescore.report import (
     ReportSummary,
@@ -175,13 +175,14 @@ def plan(sessions: sessionmaker[Session], request: RescoreRequest, model_version
 
 def score_local(sessions: sessionmaker[Session], model: Ensemble, todo: Sequence[ImageRef], *,
                 run_id: int, worker: WorkerSettings) -> int:
-    """Score ``todo`` here, the DataLoader decoding ahead; returns how many scores were new."""
+    """Score ``todo`` here, the next batch decoded meanwhile; returns how many scores were
+    new."""
     settings = worker.rescore
     context = ScoringContext(worker.indeterminate_std, socket.gethostname(),
                              RunFailures(run_id))
-    loader = make_loader(todo, model.config, batch_size=settings.batch,
-                         workers=min(settings.loader_workers, len(todo)),
-                         pin_memory=model.device == "cuda")
+    loader = decoded_batches(todo, model, batch_size=settings.batch,
+                             workers=min(settings.loader_workers, len(todo)),
+                             pin_memory=model.device == "cuda")
     written = 0
     with Progress(len(todo), "rescore", settings.progress_log_s) as progress:
         for batches, batch in enumerate(loader, start=1):
