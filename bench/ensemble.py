@@ -233,6 +233,8 @@ def trained(args: argparse.Namespace) -> None:
     variants = [("fp32", "torch")] + ([("bf16", "torch")] if caps.native_bf16 else [])
     variants += [("fp32", "openvino")] + ([("bf16", "openvino")] if caps.native_bf16 else [])
     variants += [("int8", "openvino")]
+    if args.auto_only:  # the reference and auto (after any timing at load) only
+        variants = variants[:1]
     exact = score_all(reference, tensors, args.batch)
     passes = [exact] + [score_all(load(args.model, p, b, args.threads, cache), tensors,
                                   args.batch) for p, b in variants[1:]]
@@ -297,6 +299,8 @@ def main() -> int:
     parser.add_argument("--margin", type=float, default=InferenceSettings().exact_margin)
     parser.add_argument("--gate-margin", type=float, default=InferenceSettings().gate_margin)
     parser.add_argument("--gate-rounds", type=int, default=5)
+    parser.add_argument("--auto-only", action="store_true",
+                        help="with --model: time only the fp32 reference, int8 and auto")
     parser.add_argument("--gate-only", action="store_true",
                         help="random weights: time only the image gate's cost ratios")
     parser.add_argument("--openvino", action="store_true",

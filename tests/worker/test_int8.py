@@ -5,17 +5,29 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
+from common.hardware import detect
 from cxr_triage.cli import main
-from tests.worker.conftest import load_cpu
+from tests.worker.conftest import build_ensemble, load_cpu
 from tests.worker.int8_support import CALIBRATION_IMAGES, quantized_ensemble, set_threshold
 from training.manifest import load_manifest
 from training.ood import features_and_logits
-from worker.score.int8 import ERROR_SAFETY, compile_int8, quantize_ensemble
+from training.preprocessing import PreprocessConfig, preprocess
+from worker.score.int8 import (
+    ERROR_SAFETY,
+    _stage_of,
+    compile_int8,
+    kept_convolutions,
+    quantize_ensemble,
+    quantize_graph,
+    rest_precision,
+)
+from worker.score.openvino import OpenVinoError
 from worker.score.precision import int8_graph, weights_digest
 
 
@@ -110,6 +122,8 @@ def test_the_build_measures_the_int8_error_and_the_path_rechecks_within_it(
     assert error.gate_deviation is None  # this ensemble has no image gate
     assert error.exact_margin == pytest.approx(max(0.02, ERROR_SAFETY * error.max_dp), abs=1e-5)
     assert 0.0 <= error.rescore_share <= 1.0
+    # what the default margins (bf16, OpenVINO fp32) would re-check, for auto's timing
+    assert error.default_share is not None and 0.0 <= error.default_share <= 1.0
     meta = json.loads(graph.path.with_suffix(".json").read_text())
     check = set(meta["error"]) & {"check_images", "against"}
     assert check == {"check_images", "against"}
@@ -139,3 +153,73 @@ def test_model_quantize_command_keeps_a_current_graph(
     out = capsys.readouterr().out
     assert f"is built ({CALIBRATION_IMAGES} calibration images)" in out and str(cache) in out
     assert "int8 against fp32 on" in out and "check images" in out
+
+
+def _stem_and_graph() -> tuple[object, list[object]]:
+    from torchvision.models import resnet50
+
+    from worker.score.openvino import convert_ensemble
+
+    torch.manual_seed(0)
+    graph = convert_ensemble([resnet50(num_classes=2).eval()], positive=1, size=64)
+    return graph, [op for op in graph.get_ops() if op.get_type_name() == "Convolution"]
+
+
+def test_each_convolution_is_mapped_to_its_resnet_stage() -> None:
+    graph, convolutions = _stem_and_graph()
+    stages = Counter(_stage_of(op) for op in convolutions)
+    # ResNet-50: the stem convolution; 3, 4, 6, 3 bottlenecks of 3 each, plus one
+    # downsample convolution per stage
+    assert stages == {"stem": 1, "layer1": 10, "layer2": 13, "layer3": 19, "layer4": 10}
+    assert len(kept_convolutions(graph, ("stem", "layer1"))) == 11
+    assert kept_convolutions(graph, ()) == []
+    with pytest.raises(OpenVinoError, match="unknown stage"):
+        kept_convolutions(graph, ("layer5",))
+
+
+def test_kept_stages_stay_in_floating_point(shared_data: Path) -> None:
+    graph, _ = _stem_and_graph()
+    files = sorted((shared_data / "cxr").glob("*/*.png"))[::50][:4]
+    config = PreprocessConfig(size=64)
+    tensors = [preprocess(path, config).unsqueeze(0).numpy() for path in files]
+
+    def quantized_weights(keep: tuple[str, ...]) -> dict[str | None, int]:
+        """Per stage, how many convolutions have int8 weights (decompressed by a Multiply,
+        where a floating-point convolution reads its Constant directly)."""
+        counts: Counter[str | None] = Counter()
+        for op in quantize_graph(graph, tensors, keep).get_ops():
+            if op.get_type_name() == "Convolution":
+                source = op.input(1).get_source_output().get_node()
+                counts[_stage_of(op)] += source.get_type_name() != "Constant"
+        return dict(counts)
+
+    everything = quantized_weights(())
+    assert everything["stem"] == 1 and everything["layer1"] == 10
+    kept = quantized_weights(("stem", "layer1"))
+    assert kept["stem"] == 0 and kept["layer1"] == 0
+    assert kept["layer2"] == everything["layer2"] > 0  # the rest is still int8
+
+
+def test_quantize_keep_is_recorded_and_a_different_keep_rebuilds(
+        tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    model_dir = build_ensemble(tmp_path / "model", folds=1, seed=3)
+    cache = tmp_path / "ov"
+    monkeypatch.setenv("TRIAGE_OPENVINO_CACHE_DIR", str(cache))
+    argv = ["model", "quantize", "--model", str(model_dir), "--data", str(shared_data / "cxr"),
+            "--images", "4"]
+    assert main([*argv, "--keep", "stem"]) == 0
+    manifest = load_manifest(model_dir)
+    graph = int8_graph(cache, manifest.model_version, manifest.input_size,
+                       [f.sha256 for f in manifest.folds])
+    meta = json.loads(graph.path.with_suffix(".json").read_text())
+    rest = rest_precision(detect(light=True))  # bf16 with AMX, else fp32
+    assert meta["kept"] == ["stem"] and f"stem kept in {rest}" in meta["method"]
+    assert meta["ranges"] == "minmax" and meta["rest_precision"] == rest == graph.rest
+    assert main([*argv, "--keep", "none"]) == 0  # another scope: rebuilt, not kept
+    assert json.loads(graph.path.with_suffix(".json").read_text())["kept"] == []
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--keep", "layer9"])
+    assert exit_info.value.code == 2
+    assert "unknown stage(s) layer9" in capsys.readouterr().err

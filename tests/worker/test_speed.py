@@ -76,3 +76,59 @@ def test_a_damaged_cache_is_measured_again(tmp_path: Path) -> None:
     choice = PrecisionChoice("bf16", "torch", "auto: native bf16")
     assert speed.decided(choice, {"bf16": 1.0, "fp32": 2.0}).precision == "fp32"
     assert speed.decided(choice, {"bf16": 2.0, "fp32": 1.0}).precision == "bf16"
+
+
+INT8_AMX = Capabilities("AMX CPU with int8", 2, frozenset(
+    {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile"}),
+    "AVX512")
+# measured on an AMX Xeon (docs/benchmarks.md): int8 is faster raw, bf16 with its re-checks
+AMX_RATES = {"int8": 15.14, "bf16": 13.73, "fp32": 3.93, "reference": 2.83}
+
+
+@pytest.mark.parametrize(("int8_share", "expected"), [(0.087, "bf16"), (0.01, "int8")])
+def test_int8_is_kept_only_where_it_is_fastest_with_its_rechecks(int8_share: float,
+                                                                 expected: str) -> None:
+    choice = PrecisionChoice("int8", "openvino", "auto: int8 dot products")
+    decided = speed.decided(choice, AMX_RATES, {"int8": int8_share, "bf16": 0.049,
+                                                "fp32": 0.049})
+    assert (decided.precision, decided.backend) == (expected, "openvino")
+    # the effective rates, best first, are in the reason `worker` and `model list` show
+    assert "fastest exact path measured here" in decided.reason
+    first = decided.reason.split(": ", 2)[2]
+    assert first.startswith(f"{expected} ") and "re-scored" in first
+    bf16 = 1 / (1 / 13.73 + 0.049 / 2.83)
+    assert f"bf16 {bf16:.2f} img/s" in decided.reason
+
+
+@pytest.fixture(scope="module")
+def int8_ready(tmp_path_factory: pytest.TempPathFactory, shared_data: Path
+               ) -> tuple[Path, Path]:
+    from tests.worker.int8_support import quantized_ensemble
+
+    # threshold 1: no image is near it, so the build's measured re-check share is small
+    model_dir, cache, graph = quantized_ensemble(tmp_path_factory.mktemp("speed8"),
+                                                 shared_data, threshold=1.0)
+    assert graph.ready and graph.auto_refusal(gated=False) is None, graph
+    return model_dir, cache
+
+
+def test_the_loader_takes_int8_or_the_path_timed_faster(int8_ready: tuple[Path, Path]
+                                                        ) -> None:
+    model_dir, cache = int8_ready
+    path = _speed_file(model_dir, cache)
+    key = speed.cache_key(INT8_AMX, "openvino", 0)
+    path.unlink(missing_ok=True)
+    first = _load(model_dir, cache, INT8_AMX)  # first start: all four timed and recorded
+    rates = speed.cached_rates(path, key, ("int8", "bf16", "fp32", "reference"))
+    assert rates is not None and min(rates.values()) > 0
+    assert first.precision in ("int8", "bf16", "fp32") and first.runner is not None
+    assert "fastest exact path measured here" in first.choice.reason
+    # this tiny model's build saw no image near its threshold, so raw rates decide
+    for rates, expected in (({**AMX_RATES, "int8": 100.0}, "int8"),
+                            ({**AMX_RATES, "int8": 5.0}, "bf16")):
+        speed.store_rates(path, key, rates)
+        model = _load(model_dir, cache, INT8_AMX)
+        assert (model.precision, model.backend) == (expected, "openvino")
+        assert model.runner is not None
+        if expected == "bf16":  # the default margins, not int8's widened ones
+            assert model.exact_margin == InferenceSettings().exact_margin

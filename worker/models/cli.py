@@ -123,9 +123,21 @@ def _print_model_dir_plan(settings: WorkerSettings) -> None:
     print(f"TRIAGE_MODEL_DIR inference here: {plan}")
 
 
+def _stages(text: str) -> tuple[str, ...]:
+    """``--keep``: a comma-separated list of ResNet stages, or ``none``."""
+    from worker.score.int8 import STAGES
+
+    stages = tuple(s.strip() for s in text.split(",") if s.strip() and s.strip() != "none")
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown stage(s) {', '.join(unknown)}: use "
+                                         f"{', '.join(STAGES)} or none")
+    return stages
+
+
 def _quantize(args: argparse.Namespace) -> int:
     """Build the int8 graph of ``--model`` (a folder or stored version; TRIAGE_MODEL_DIR)."""
-    from worker.score.int8 import quantize_ensemble
+    from worker.score.int8 import DEFAULT_KEEP, quantize_ensemble
 
     settings = WorkerSettings.from_env()
     model_dir = settings.model_dir if args.model is None else Path(args.model)
@@ -135,7 +147,9 @@ def _quantize(args: argparse.Namespace) -> int:
         with current_sessions(settings.db.url) as sessions:
             model_dir = resolve_model(sessions, args.model)
     graph = quantize_ensemble(model_dir, Path(args.data), settings.inference.openvino_cache_dir,
-                              images=args.images, force=args.force)
+                              images=args.images, force=args.force,
+                              keep=DEFAULT_KEEP if args.keep is None else args.keep,
+                              ranges=args.ranges)
     print(f"{graph.reason}: {graph.path}")
     if graph.error is not None:
         error = graph.error
@@ -146,8 +160,9 @@ def _quantize(args: argparse.Namespace) -> int:
               f"and {error.gate_margin:.1%} of the gate threshold ({error.rescore_share:.1%} of "
               f"the check images)")
         refusal = graph.auto_refusal(gated=error.gate_deviation is not None)
-        print("auto takes int8 on CPUs with VNNI/AMX" if refusal is None else
-              f"auto avoids it: {refusal}")
+        print("auto considers int8 on CPUs with VNNI/AMX: a worker's first start times it "
+              "against bf16 and fp32, re-checks included, and keeps the fastest"
+              if refusal is None else f"auto avoids it: {refusal}")
     return 0
 
 
@@ -197,6 +212,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     qua.add_argument("--images", type=int, default=300,
                      help="calibration images, classes balanced (default 300)")
     qua.add_argument("--force", action="store_true", help="rebuild even when current")
+    qua.add_argument("--keep", type=_stages, default=None, metavar="STAGES",
+                     help="ResNet stages kept in floating point, comma-separated, of stem, "
+                          "layer1..layer4 (default: the measured default, see docs/worker.md); "
+                          "'none' quantizes every convolution")
+    qua.add_argument("--ranges", choices=("minmax", "mean"), default="minmax",
+                     help="activation ranges: over all calibration images (minmax, default) or "
+                          "NNCF's mean of per-image ranges (mean)")
     qua.set_defaults(func=_quantize)
     pro = sub.add_parser("promote", help="make a validated version live")
     pro.add_argument("version", metavar="VERSION")

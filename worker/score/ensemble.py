@@ -258,22 +258,25 @@ def _fast_runner(choice: PrecisionChoice, models: Sequence[nn.Module],
 def _faster_of(choice: PrecisionChoice, models: Sequence[nn.Module],
                manifest: EnsembleManifest, device: str, inference: InferenceSettings,
                caps: Capabilities, graph: Int8Graph) -> tuple[PrecisionChoice, FoldRunner | None]:
-    """bf16 or fp32 on ``choice``'s backend, whichever runs faster here (timed once per
-    machine and model, then cached: :mod:`worker.score.speed`), with its runner."""
+    """The fastest of ``choice``'s candidates here (:mod:`worker.score.speed`: bf16 or fp32;
+    int8 against bf16 and fp32 with their re-checks), timed once per machine and model, then
+    cached, with its runner."""
     cache, version, size = inference.openvino_cache_dir, manifest.model_version, \
         manifest.input_size
-    timed = speed.cached_choice(choice, caps, cache, version, size, inference.torch_threads)
+    timed = speed.cached_choice(choice, caps, cache, version, size, inference.torch_threads,
+                                graph)
     if timed is not None:
         return timed, _fast_runner(timed, models, manifest, device, inference, graph)
-    fp32 = PrecisionChoice("fp32", choice.backend, "")
-    runners = {"bf16": _fast_runner(choice, models, manifest, device, inference, graph),
-               "fp32": _fast_runner(fp32, models, manifest, device, inference, graph)}
-    rates = speed.measure({name: run or _torch_runner(models, manifest.positive_index, device,
-                                                      torch.float32)
-                           for name, run in runners.items()}, size)
+    exact = _torch_runner(models, manifest.positive_index, device, torch.float32)
+    runners: dict[str, FoldRunner | None] = {
+        name: None if name == speed.REFERENCE else _fast_runner(
+            PrecisionChoice(name, choice.backend, ""), models, manifest, device, inference,
+            graph)
+        for name in speed.candidates(choice, caps)}
+    rates = speed.measure({name: run or exact for name, run in runners.items()}, size)
     speed.store_rates(speed.cache_file(cache, version, size),
                       speed.cache_key(caps, choice.backend, inference.torch_threads), rates)
-    decided = speed.decided(choice, rates)
+    decided = speed.decided(choice, rates, speed.shares(graph))
     return decided, runners[decided.precision]
 
 

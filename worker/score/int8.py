@@ -19,14 +19,17 @@ score; the int8 path re-checks within twice those (never less than ``TRIAGE_EXAC
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from common.durable import replace_json
+from common.hardware import Capabilities, detect
 from worker.score.openvino import (
     OpenVinoError,
     Runner,
@@ -42,6 +45,31 @@ logger = logging.getLogger(__name__)
 DEFAULT_CALIBRATION_IMAGES = 300  # NNCF's default subset size
 DEFAULT_CHECK_IMAGES = 200  # images the build measures the int8 error on
 ERROR_SAFETY = 2.0  # the re-check margins are this many times the largest error measured
+# The parts of each ResNet-50 a build may keep in floating point (NNCF's ignored scope): the
+# stem (first convolution) and the four residual stages.
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+# Measured on a trained 10-fold ensemble (docs/benchmarks.md, bench/int8_scope.py): keeping the
+# stem and layer1 in floating point, with activation ranges over all calibration images, cut
+# the largest error from 0.11 to 0.01 in probability and from 108 % to 10 % of the gate
+# threshold, at 2.5x OpenVINO fp32 (3.7x with the kept parts in bf16 on AMX).
+DEFAULT_KEEP: tuple[str, ...] = ("stem", "layer1")
+# How activation ranges are estimated: NNCF's default averages each calibration image's
+# minimum and maximum, which clips the activations of images unlike the average; ``minmax``
+# takes the extremes over all of them.
+RANGES = {"mean": "MEAN_MINMAX", "minmax": "MINMAX"}
+DEFAULT_RANGES = "minmax"
+_STAGE = re.compile(r"\.folds\.\d+\.(layer\d)\.")
+
+
+def _hint(rest: str) -> str:
+    """The compile precision of an int8 graph whose float parts run in ``rest``."""
+    return "bf16" if rest == "bf16" else INT8
+
+
+def rest_precision(caps: Capabilities) -> str:
+    """What the kept (unquantized) parts of a graph built here compute in: bf16 with AMX,
+    where it is native and fast, fp32 elsewhere (without AMX, bf16 can be slower than fp32)."""
+    return "bf16" if caps.amx and caps.native_bf16 else "fp32"
 
 
 def compile_int8(graph: Int8Graph, *, threads: int = 0) -> Runner:
@@ -50,7 +78,8 @@ def compile_int8(graph: Int8Graph, *, threads: int = 0) -> Runner:
         raise OpenVinoError(graph.reason)
     ov = import_openvino()
     started = time.monotonic()
-    run = compile_graph(ov.Core().read_model(str(graph.path)), precision=INT8, threads=threads)
+    run = compile_graph(ov.Core().read_model(str(graph.path)), precision=_hint(graph.rest),
+                        threads=threads)
     logger.info("OpenVINO int8 graph %s ready in %.1f s", graph.path.name,
                 time.monotonic() - started)
     return run
@@ -77,7 +106,16 @@ def calibration_samples(data: Path, count: int, seed: int = 0, skip: int = 0) ->
     return chosen[skip:]
 
 
-def _score(run: Runner, tensors: list[Any], gate: Any) -> tuple[Any, Any]:
+def split_calibration(total: int, images: int, check: int) -> int:
+    """How many of ``total`` training images calibrate: up to ``images``, leaving up to
+    ``check`` for measuring the error but at least half of them when the data is small (the
+    margins are only as good as the images they were measured on)."""
+    if total < 2:
+        return min(total, images)
+    return max(1, min(images, total - min(check, total // 2)))
+
+
+def score_graph(run: Runner, tensors: list[Any], gate: Any) -> tuple[Any, Any]:
     """(N,) ensemble mean probabilities and gate scores (``None`` without a gate), batch 8."""
     import numpy as np
     import torch
@@ -92,28 +130,89 @@ def _score(run: Runner, tensors: list[Any], gate: Any) -> tuple[Any, Any]:
 
 
 def measure_error(graph: Any, quantized: Any, tensors: list[Any], *, threshold: float,
+                  gate: Any, rest: str = "fp32") -> dict[str, Any]:
+    """The int8 graph (its float parts in ``rest``, as it will run) against the fp32 graph on
+    ``tensors``: largest differences, the margins that follow and the share of these images
+    those margins would re-score in fp32."""
+    exact = score_graph(compile_graph(graph, precision="fp32"), tensors, gate)
+    rough = score_graph(compile_graph(quantized, precision=_hint(rest)), tensors, gate)
+    return error_summary(rough, exact, threshold=threshold, gate=gate)
+
+
+def error_summary(rough: tuple[Any, Any], exact: tuple[Any, Any], *, threshold: float,
                   gate: Any) -> dict[str, Any]:
-    """The int8 graph against the fp32 graph on ``tensors``: largest differences, the margins
-    that follow and the share of these images those margins would re-score in fp32."""
+    """The sidecar's ``error`` block from (probabilities, gate scores) of both graphs."""
     import numpy as np
 
-    exact_p, exact_s = _score(compile_graph(graph, precision="fp32"), tensors, gate)
-    rough_p, rough_s = _score(compile_graph(quantized, precision=INT8), tensors, gate)
+    (rough_p, rough_s), (exact_p, exact_s) = rough, exact
     defaults = InferenceSettings()
     max_dp = float(np.abs(rough_p - exact_p).max())
     exact_margin = max(defaults.exact_margin, ERROR_SAFETY * max_dp)
     close = np.abs(rough_p - threshold) < exact_margin
+    near_default = np.abs(exact_p - threshold) < defaults.exact_margin
     deviation, gate_margin = None, 0.0
     if gate is not None:
         deviation = float(np.abs(rough_s - exact_s).max() / gate.threshold)
         gate_margin = max(defaults.gate_margin, ERROR_SAFETY * deviation)
         close |= np.abs(rough_s - gate.threshold) < gate_margin * gate.threshold
-    return {"images": len(tensors), "max_dp": round(max_dp, 6),
+        near_default |= np.abs(exact_s - gate.threshold) < defaults.gate_margin * gate.threshold
+    return {"images": len(rough_p), "max_dp": round(max_dp, 6),
             "mean_dp": round(float(np.abs(rough_p - exact_p).mean()), 6),
             "gate_deviation": None if deviation is None else round(deviation, 6),
             "exact_margin": round(exact_margin, 6), "gate_margin": round(gate_margin, 6),
             "rescore_share": round(float(close.mean()), 6),
+            "default_margin_share": round(float(near_default.mean()), 6),
             "safety": ERROR_SAFETY, "against": "the fp32 OpenVINO graph of the same folds"}
+
+
+def _stage_of(convolution: Any) -> str | None:
+    """The stage of a converted convolution, read from the ReLU it feeds (the convolutions
+    themselves lose their module names when batch norm is folded into them): walk forward
+    through bias and residual additions to the first ReLU."""
+    frontier, seen = [convolution], 0
+    while frontier and seen < 16:
+        node = frontier.pop(0)
+        seen += 1
+        for output in node.outputs():
+            for target in output.get_target_inputs():
+                consumer = target.get_node()
+                if consumer.get_type_name() == "Relu":
+                    match = _STAGE.search(consumer.get_friendly_name())
+                    return match.group(1) if match else "stem"
+                frontier.append(consumer)
+    return None
+
+
+def kept_convolutions(graph: Any, keep: tuple[str, ...]) -> list[str]:
+    """Names of the convolutions of ``graph`` in the stages ``keep`` (of :data:`STAGES`)."""
+    unknown = sorted(set(keep) - set(STAGES))
+    if unknown:
+        raise OpenVinoError(f"unknown stage(s) {', '.join(unknown)}: use {', '.join(STAGES)}")
+    if not keep:
+        return []
+    return [op.get_friendly_name() for op in graph.get_ops()
+            if op.get_type_name() == "Convolution" and _stage_of(op) in keep]
+
+
+def quantize_graph(graph: Any, tensors: list[Any], keep: tuple[str, ...] = DEFAULT_KEEP,
+                   ranges: str = DEFAULT_RANGES) -> Any:
+    """NNCF post-training quantization of a converted ensemble, calibrated on ``tensors``
+    (one per step). The heads (a 2048 x 2 matrix product per fold) and the convolutions of
+    the stages in ``keep`` stay in floating point. ``ranges`` (of :data:`RANGES`) is how the
+    activation ranges are estimated over the calibration images."""
+    import torch
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    nncf = _nncf()
+    if ranges not in RANGES:
+        raise OpenVinoError(f"activation ranges {ranges!r}: use {', '.join(RANGES)}")
+    scope = nncf.IgnoredScope(types=["MatMul"], names=kept_convolutions(graph, keep))
+    advanced = AdvancedQuantizationParameters(
+        activations_range_estimator_params=getattr(RangeEstimatorParametersSet, RANGES[ranges]))
+    with torch.inference_mode():
+        return nncf.quantize(graph, nncf.Dataset(tensors), subset_size=len(tensors),
+                             ignored_scope=scope, advanced_parameters=advanced)
 
 
 def _nncf() -> Any:
@@ -125,51 +224,73 @@ def _nncf() -> Any:
     return nncf
 
 
+def model_tensors(manifest: Any, paths: list[Path]) -> list[Any]:
+    """(1, 3, H, W) numpy inputs of ``paths`` through the model's own preprocessing."""
+    from training.preprocessing import load_unit_image, to_model_tensor
+
+    config = manifest.preprocess_config()
+    return [to_model_tensor(load_unit_image(path, size=config.size, resize=config.resize),
+                            **config.to_dict()).unsqueeze(0).numpy() for path in paths]
+
+
+def fp32_graph(model_dir: Path, manifest: Any) -> Any:
+    """The fp32 OpenVINO graph of all folds of ``model_dir``."""
+    from training.model import load_fold_model
+
+    models = [load_fold_model(p, num_classes=len(manifest.class_names), device="cpu")
+              for p in manifest.fold_paths(model_dir)]
+    return convert_ensemble(models, positive=manifest.positive_index, size=manifest.input_size)
+
+
+def _recipe(graph: Int8Graph) -> tuple[object, ...]:
+    """How a built graph was made: stages kept, activation ranges, float parts' precision
+    (``()`` for an unreadable sidecar)."""
+    try:
+        meta = json.loads(graph.path.with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ()
+    kept = meta.get("kept", [])
+    return (tuple(str(k) for k in kept) if isinstance(kept, list) else (),
+            meta.get("ranges", "mean"), graph.rest)
+
+
 def quantize_ensemble(model_dir: Path, data: Path, cache_dir: Path, *,
                       images: int = DEFAULT_CALIBRATION_IMAGES,
-                      check: int = DEFAULT_CHECK_IMAGES, force: bool = False) -> Int8Graph:
-    """Build (or keep, when current and not ``force``) the int8 graph of ``model_dir``.
+                      check: int = DEFAULT_CHECK_IMAGES, force: bool = False,
+                      keep: tuple[str, ...] = DEFAULT_KEEP, ranges: str = DEFAULT_RANGES
+                      ) -> Int8Graph:
+    """Build (or keep, when current, made by the same recipe and not ``force``) the int8 graph
+    of ``model_dir``: the stages in ``keep`` stay in floating point (bf16 on AMX, else fp32:
+    :func:`rest_precision`), activation ranges as ``ranges`` says.
 
     Calibration: ``images`` training images of ``data`` through training's preprocessing,
-    one per calibration step. The heads (a 2048 x 2 matrix product per fold) stay fp32: they
-    cost nothing and sit right before the probability. Then the error is measured on up to
+    one per calibration step (:func:`quantize_graph`). Then the error is measured on up to
     ``check`` other images of ``data`` (the calibration images when there are none).
     """
-    import torch
-
+    from training.data import discover
     from training.manifest import load_manifest
-    from training.model import load_fold_model
     from training.ood import load_gate
-    from training.preprocessing import load_unit_image, to_model_tensor
 
     manifest = load_manifest(model_dir, verify_hashes=True)
     hashes = [fold.sha256 for fold in manifest.folds]
     current = int8_graph(cache_dir, manifest.model_version, manifest.input_size, hashes)
-    if current.ready and current.error is not None and not force:
+    rest = rest_precision(detect(light=True))
+    if (current.ready and current.error is not None and not force
+            and _recipe(current) == (keep, ranges, rest)):
         return current
     nncf = _nncf()
     started = time.monotonic()
-    samples = calibration_samples(data, images)
+    samples = calibration_samples(data, split_calibration(len(discover(data)), images, check))
     held_out = calibration_samples(data, check, skip=len(samples)) or samples
     config = manifest.preprocess_config()
-
-    def tensor(path: Path) -> Any:
-        unit = load_unit_image(path, size=config.size, resize=config.resize)
-        return to_model_tensor(unit, **config.to_dict()).unsqueeze(0).numpy()
-
-    tensors = [tensor(s.path) for s in samples]
-    models = [load_fold_model(p, num_classes=len(manifest.class_names), device="cpu")
-              for p in manifest.fold_paths(model_dir)]
-    graph = convert_ensemble(models, positive=manifest.positive_index,
-                             size=manifest.input_size)
-    del models
-    with torch.inference_mode():
-        quantized = nncf.quantize(graph, nncf.Dataset(tensors), subset_size=len(tensors),
-                                  ignored_scope=nncf.IgnoredScope(types=["MatMul"]))
+    tensors = model_tensors(manifest, [s.path for s in samples])
+    graph = fp32_graph(model_dir, manifest)
+    quantized = quantize_graph(graph, tensors, keep, ranges)
     measured = time.monotonic()
-    error = measure_error(graph, quantized, [tensor(s.path) for s in held_out],
+    error = measure_error(graph, quantized, model_tensors(manifest, [s.path for s in held_out]),
                           threshold=manifest.threshold,
-                          gate=load_gate(model_dir, manifest.ood_gate, verify_hashes=False))
+                          gate=load_gate(model_dir, manifest.ood_gate, verify_hashes=False),
+                          rest=rest)
     error["check_images"] = ("held out from calibration" if held_out is not samples else
                              "the calibration images (the data has no others)")
     error["measure_s"] = round(time.monotonic() - measured, 1)
@@ -188,7 +309,10 @@ def quantize_ensemble(model_dir: Path, data: Path, cache_dir: Path, *,
             "selection": "classes interleaved, shuffled with seed 0",
             "preprocessing": config.to_dict(),
         },
-        "method": "NNCF post-training quantization (default preset, fp32 heads)",
+        "method": "NNCF post-training quantization (default preset, fp32 heads"
+                  + (f", {'/'.join(keep)} kept in {rest}" if keep else "")
+                  + f", activation ranges {ranges})",
+        "kept": list(keep), "ranges": ranges, "rest_precision": rest,
         "error": error,
         "nncf": nncf.__version__, "openvino": ov.__version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

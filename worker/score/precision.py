@@ -65,15 +65,18 @@ class Int8Error:
     exact_margin: float  # probability margin the int8 path re-checks within
     gate_margin: float  # gate margin, a share of the gate threshold (0 without a gate)
     rescore_share: float  # share of the check images those margins send to fp32
+    # share the default margins (what bf16 and OpenVINO fp32 re-check) would send to fp32
+    default_share: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> Int8Error | None:
         try:
-            gate = data.get("gate_deviation")
+            gate, default = data.get("gate_deviation"), data.get("default_margin_share")
             return cls(int(str(data["images"])), float(str(data["max_dp"])),
                        None if gate is None else float(str(gate)),
                        float(str(data["exact_margin"])), float(str(data["gate_margin"])),
-                       float(str(data["rescore_share"])))
+                       float(str(data["rescore_share"])),
+                       None if default is None else float(str(default)))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -87,6 +90,7 @@ class Int8Graph:
     path: Path
     reason: str
     error: Int8Error | None = None
+    rest: str = "fp32"  # what its unquantized parts compute in: fp32, or bf16 (AMX builds)
 
     def auto_refusal(self, gated: bool) -> str | None:
         """Why ``auto`` must not take this graph, or ``None`` when its measured margins keep
@@ -132,7 +136,8 @@ def int8_graph(cache_dir: Path, model_version: str, size: int,
     error = meta.get("error")
     return Int8Graph(True, path, f"the int8 graph of model {model_version} is built "
                      f"({calibration.get('images', '?')} calibration images)",
-                     Int8Error.from_dict(error) if isinstance(error, dict) else None)
+                     Int8Error.from_dict(error) if isinstance(error, dict) else None,
+                     "bf16" if meta.get("rest_precision") == "bf16" else "fp32")
 
 
 @dataclass(frozen=True)
@@ -275,16 +280,15 @@ def plan_from_manifest(manifest: dict[str, object], precision: str, backend: str
     size = manifest.get("input_size")
     version, input_size = str(manifest.get("model_version", "?")), size if isinstance(
         size, int) else 0
-    choice = plan(precision, backend, device=device, caps=caps, cache_dir=cache_dir,
-                  model_version=version, input_size=input_size, fold_hashes=hashes,
-                  gated=bool(manifest.get("ood_gate")))[0]
+    choice, graph = plan(precision, backend, device=device, caps=caps, cache_dir=cache_dir,
+                         model_version=version, input_size=input_size, fold_hashes=hashes,
+                         gated=bool(manifest.get("ood_gate")))
     if not speed.worth_timing(precision, choice, caps, device):
         return choice
-    timed = speed.cached_choice(choice, caps, cache_dir, version, input_size, threads)
+    timed = speed.cached_choice(choice, caps, cache_dir, version, input_size, threads, graph)
     if timed is None:
-        return PrecisionChoice(choice.precision, choice.backend, f"{choice.reason}; bf16 "
-                               "without AMX: bf16 and fp32 are timed at the first start and "
-                               "the faster is kept")
+        return PrecisionChoice(choice.precision, choice.backend, f"{choice.reason}; "
+                               f"{speed.untimed_note(choice)}")
     return timed
 
 
