@@ -1,12 +1,18 @@
 """Local re-scoring decodes the next batch while the current one is predicted: by the live
 worker's decoding process (``--workers 0``, the default on 2 cores) or DataLoader processes.
-Both give the same batches, in order, failures included."""
+Both give the same batches, in order, failures included.
+
+The DataLoader case runs in a fresh interpreter, as ``cxr-triage rescore --workers N`` does: a
+process never runs both (this test process has started the live decoding process and OpenVINO
+by then, and a DataLoader forked beside them crashed the test process).
+"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from tests.worker.conftest import build_ensemble, load_cpu
@@ -14,14 +20,14 @@ from worker.rescore.loader import decoded_batches
 from worker.score.ahead import decoder_pid
 from worker.score.batch import ImageRef
 
+ROOT = Path(__file__).resolve().parents[2]
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_decoded_batches_keep_order_and_failures(tmp_path: Path, shared_data: Path,
-                                                 workers: int) -> None:
-    model = load_cpu(build_ensemble(tmp_path / "model", folds=1))
-    files = sorted((shared_data / "cxr").glob("*/*.png"))[::60][:5]
-    broken = tmp_path / "broken.dcm"
-    broken.write_bytes(b"not a DICOM file")
+
+def check_batches(model_dir: Path, cxr: Path, broken: Path, workers: int) -> None:
+    """Decode five development PNGs and one broken file in batches of two; assert order,
+    failures and tensors equal to the model's own preprocessing."""
+    model = load_cpu(model_dir)
+    files = sorted(cxr.glob("*/*.png"))[::60][:5]
     refs = [ImageRef(i, str(path), f"{i:064d}") for i, path in enumerate(files)]
     refs.insert(3, ImageRef(99, str(broken), "f" * 64))
     batches = list(decoded_batches(refs, model, batch_size=2, workers=workers))
@@ -33,6 +39,27 @@ def test_decoded_batches_keep_order_and_failures(tmp_path: Path, shared_data: Pa
     decoded = torch.cat([b.tensors for b in batches if b.tensors is not None])
     expected = torch.stack([model.preprocess(path) for path in files])
     assert torch.equal(decoded, expected)  # the same preprocessing, whoever decodes
-    if workers == 0:  # batches after the first came from the live decoding process
-        assert decoder_pid() is not None
     assert list(decoded_batches([], model, batch_size=2, workers=workers)) == []
+
+
+def _inputs(tmp_path: Path) -> tuple[Path, Path]:
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"not a DICOM file")
+    return build_ensemble(tmp_path / "model", folds=1), broken
+
+
+def test_the_decoding_process_decodes_ahead(tmp_path: Path, shared_data: Path) -> None:
+    model_dir, broken = _inputs(tmp_path)
+    check_batches(model_dir, shared_data / "cxr", broken, workers=0)
+    assert decoder_pid() is not None  # batches after the first came from that process
+
+
+def test_dataloader_processes_decode_the_same(tmp_path: Path, shared_data: Path) -> None:
+    model_dir, broken = _inputs(tmp_path)
+    code = ("import sys; from pathlib import Path; "
+            "from tests.rescore.test_loader import check_batches; "
+            "check_batches(*(Path(a) for a in sys.argv[1:4]), workers=1); print('ok')")
+    done = subprocess.run([sys.executable, "-c", code, str(model_dir), str(shared_data / "cxr"),
+                           str(broken)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
