@@ -30,7 +30,7 @@ from training.manifest import load_manifest
 from training.ood import load_gate
 from worker.score.int8 import (
     INT8,
-    calibration_samples,
+    calibration_split,
     error_summary,
     fp32_graph,
     model_tensors,
@@ -63,14 +63,13 @@ def main() -> int:
     print(describe_machine())
     manifest = load_manifest(args.model, verify_hashes=True)
     gate = load_gate(args.model, manifest.ood_gate, verify_hashes=False)
-    samples = calibration_samples(args.data, args.calibration_images)
-    held_out = calibration_samples(args.data, args.check_images, skip=len(samples))
+    samples, held_out = calibration_split(args.data, args.calibration_images, args.check_images)
     calibration = model_tensors(manifest, [s.path for s in samples])
     check = model_tensors(manifest, [s.path for s in held_out])
     print(f"model {manifest.model_version} ({len(manifest.folds)} folds, "
           f"{manifest.input_size} px); {len(calibration)} calibration and {len(check)} check "
           f"images from {args.data}; batch 8, {args.threads} threads")
-    graph = fp32_graph(args.model, manifest)
+    graph = fp32_graph(args.model, manifest, None)
     exact, fp32_rate = timed(compile_graph(graph, precision="fp32", threads=args.threads),
                              check, gate)
     print(f"{'variant':<28} {'img/s':>6} {'x fp32':>6} {'max|dp|':>8} {'mean|dp|':>8} "

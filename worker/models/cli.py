@@ -9,6 +9,17 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.engine import current_sessions
+from worker.score.precision import (
+    DEFAULT_KEEP,
+    DEFAULT_RANGES,
+    RANGES,
+    STAGES,
+    PrecisionError,
+    check_stages,
+    describe_plan,
+    plan_from_manifest,
+    planned_device,
+)
 from worker.settings import WorkerSettings
 
 # Manifest keys whose name says they describe the safety gate (OOD statistics and the like);
@@ -52,7 +63,6 @@ def _import(args: argparse.Namespace) -> int:
 def inference_line(manifest: dict[str, Any], settings: WorkerSettings) -> str:
     """What this model would run in on this machine with the current settings, and why."""
     from common.hardware import detect
-    from worker.score.precision import PrecisionError, plan_from_manifest, planned_device
 
     caps = detect(light=True)
     inference = settings.inference
@@ -113,7 +123,6 @@ def _list(args: argparse.Namespace) -> int:
 
 def _print_model_dir_plan(settings: WorkerSettings) -> None:
     from common.hardware import detect
-    from worker.score.precision import describe_plan
 
     inference = settings.inference
     plan = describe_plan(settings.model_dir, inference.precision, inference.backend,
@@ -125,19 +134,16 @@ def _print_model_dir_plan(settings: WorkerSettings) -> None:
 
 def _stages(text: str) -> tuple[str, ...]:
     """``--keep``: a comma-separated list of ResNet stages, or ``none``."""
-    from worker.score.int8 import STAGES
-
-    stages = tuple(s.strip() for s in text.split(",") if s.strip() and s.strip() != "none")
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown stage(s) {', '.join(unknown)}: use "
-                                         f"{', '.join(STAGES)} or none")
-    return stages
+    try:
+        return check_stages([s.strip() for s in text.split(",")
+                             if s.strip() and s.strip() != "none"])
+    except PrecisionError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} or none") from exc
 
 
 def _quantize(args: argparse.Namespace) -> int:
     """Build the int8 graph of ``--model`` (a folder or stored version; TRIAGE_MODEL_DIR)."""
-    from worker.score.int8 import DEFAULT_KEEP, quantize_ensemble
+    from worker.score.int8 import quantize_ensemble
 
     settings = WorkerSettings.from_env()
     model_dir = settings.model_dir if args.model is None else Path(args.model)
@@ -148,8 +154,7 @@ def _quantize(args: argparse.Namespace) -> int:
             model_dir = resolve_model(sessions, args.model)
     graph = quantize_ensemble(model_dir, Path(args.data), settings.inference.openvino_cache_dir,
                               images=args.images, force=args.force,
-                              keep=DEFAULT_KEEP if args.keep is None else args.keep,
-                              ranges=args.ranges)
+                              keep=args.keep, ranges=args.ranges)
     print(f"{graph.reason}: {graph.path}")
     if graph.error is not None:
         error = graph.error
@@ -212,11 +217,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     qua.add_argument("--images", type=int, default=300,
                      help="calibration images, classes balanced (default 300)")
     qua.add_argument("--force", action="store_true", help="rebuild even when current")
-    qua.add_argument("--keep", type=_stages, default=None, metavar="STAGES",
-                     help="ResNet stages kept in floating point, comma-separated, of stem, "
-                          "layer1..layer4 (default: the measured default, see docs/worker.md); "
-                          "'none' quantizes every convolution")
-    qua.add_argument("--ranges", choices=("minmax", "mean"), default="minmax",
+    qua.add_argument("--keep", type=_stages, default=DEFAULT_KEEP, metavar="STAGES",
+                     help="ResNet stages kept in floating point, comma-separated, of "
+                          f"{', '.join(STAGES)} (default {','.join(DEFAULT_KEEP)}, measured: "
+                          "docs/worker.md); 'none' quantizes every convolution")
+    qua.add_argument("--ranges", choices=tuple(RANGES), default=DEFAULT_RANGES,
                      help="activation ranges: over all calibration images (minmax, default) or "
                           "NNCF's mean of per-image ranges (mean)")
     qua.set_defaults(func=_quantize)

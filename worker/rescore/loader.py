@@ -53,7 +53,7 @@ class RescoreDataset(Dataset[Decoded]):
         return preprocess(path, self.config)
 
 
-def _one_thread(_worker_id: int) -> None:
+def _one_thread(_worker_id: int = 0) -> None:
     torch.set_num_threads(1)  # decoding is per process; leave the cores to the model
 
 
@@ -85,11 +85,9 @@ def decoded_batches(refs: Sequence[ImageRef], model: BatchModel, *, batch_size: 
     if len(chunks) > 1:
         start_decoder(model)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rescore-ahead",
-                            initializer=_one_thread, initargs=(0,)) as ahead:
-        for number in range(1, len(chunks) + 1):
-            upcoming = ahead.submit(decode_ahead, chunks[number], model) if number < len(
-                chunks) else None
+                            initializer=_one_thread) as ahead:
+        for following in chunks[1:]:
+            upcoming = ahead.submit(decode_ahead, following, model)
             yield current
-            if upcoming is None:
-                break
             current = upcoming.result()
+    yield current

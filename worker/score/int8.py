@@ -1,7 +1,8 @@
 """int8 ensemble graphs: post-training quantization with NNCF, calibrated on training images.
 
-``cxr-triage model quantize`` converts the fp32 fold ensemble to one OpenVINO graph (all
-outputs: probabilities, the gate's pooled features and the Grad-CAMs), quantizes it with NNCF on
+``cxr-triage model quantize`` takes the fp32 OpenVINO graph of the fold ensemble (all
+outputs: probabilities, the gate's pooled features and the Grad-CAMs; the one the worker cached
+in ``TRIAGE_OPENVINO_CACHE_DIR``, converted when there is none), quantizes it with NNCF on
 a few hundred real training images, and caches it beside the fp32 graph in
 ``TRIAGE_OPENVINO_CACHE_DIR``. A sidecar JSON records the weights it was built from (the fold
 SHA-256s), the calibration source and the tool versions; a graph whose weights differ from the
@@ -19,7 +20,6 @@ score; the int8 path re-checks within twice those (never less than ``TRIAGE_EXAC
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -35,29 +35,28 @@ from worker.score.openvino import (
     Runner,
     compile_graph,
     convert_ensemble,
+    fp32_graph_cached,
     import_openvino,
     save_graph,
 )
-from worker.score.precision import GRAPH_FORMAT, INT8, Int8Graph, int8_graph, weights_digest
+from worker.score.precision import (
+    DEFAULT_KEEP,
+    DEFAULT_RANGES,
+    GRAPH_FORMAT,
+    INT8,
+    RANGES,
+    Int8Graph,
+    PrecisionError,
+    check_stages,
+    int8_graph,
+    weights_digest,
+)
 from worker.settings import InferenceSettings
 
 logger = logging.getLogger(__name__)
 DEFAULT_CALIBRATION_IMAGES = 300  # NNCF's default subset size
 DEFAULT_CHECK_IMAGES = 200  # images the build measures the int8 error on
 ERROR_SAFETY = 2.0  # the re-check margins are this many times the largest error measured
-# The parts of each ResNet-50 a build may keep in floating point (NNCF's ignored scope): the
-# stem (first convolution) and the four residual stages.
-STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
-# Measured on a trained 10-fold ensemble (docs/benchmarks.md, bench/int8_scope.py): keeping the
-# stem and layer1 in floating point, with activation ranges over all calibration images, cut
-# the largest error from 0.11 to 0.01 in probability and from 108 % to 10 % of the gate
-# threshold, at 2.5x OpenVINO fp32 (3.7x with the kept parts in bf16 on AMX).
-DEFAULT_KEEP: tuple[str, ...] = ("stem", "layer1")
-# How activation ranges are estimated: NNCF's default averages each calibration image's
-# minimum and maximum, which clips the activations of images unlike the average; ``minmax``
-# takes the extremes over all of them.
-RANGES = {"mean": "MEAN_MINMAX", "minmax": "MINMAX"}
-DEFAULT_RANGES = "minmax"
 _STAGE = re.compile(r"\.folds\.\d+\.(layer\d)\.")
 
 
@@ -85,34 +84,29 @@ def compile_int8(graph: Int8Graph, *, threads: int = 0) -> Runner:
     return run
 
 
-def calibration_samples(data: Path, count: int, seed: int = 0, skip: int = 0) -> list[Any]:
-    """Up to ``count`` labelled images of ``data`` (any layout training reads), the classes
-    as balanced as they allow, chosen reproducibly; ``skip`` passes over the first ones chosen
-    (the check images of a build follow its calibration images)."""
+def calibration_split(data: Path, images: int, check: int, seed: int = 0
+                      ) -> tuple[list[Any], list[Any]]:
+    """(calibration, check) labelled images of ``data`` (any layout training reads), chosen
+    reproducibly with the classes as balanced as they allow: up to ``images`` calibrate and up
+    to ``check`` others measure the error, at least half of a small data set (the margins are
+    only as good as the images they were measured on); ``check`` is the calibration images
+    when no others are left."""
     from training.data import discover
 
-    samples = discover(data)
     rng = random.Random(seed)
     by_class: dict[str, list[Any]] = {}
-    for sample in sorted(samples, key=lambda s: str(s.path)):
+    for sample in sorted(discover(data), key=lambda s: str(s.path)):
         by_class.setdefault(sample.label, []).append(sample)
     for members in by_class.values():
         rng.shuffle(members)
-    chosen: list[Any] = []
-    while len(chosen) < skip + count and any(by_class.values()):
-        for members in by_class.values():
-            if members and len(chosen) < skip + count:
-                chosen.append(members.pop())
-    return chosen[skip:]
-
-
-def split_calibration(total: int, images: int, check: int) -> int:
-    """How many of ``total`` training images calibrate: up to ``images``, leaving up to
-    ``check`` for measuring the error but at least half of them when the data is small (the
-    margins are only as good as the images they were measured on)."""
-    if total < 2:
-        return min(total, images)
-    return max(1, min(images, total - min(check, total // 2)))
+    ordered: list[Any] = []  # the classes interleaved
+    while any(by_class.values()):
+        ordered.extend(members.pop() for members in by_class.values() if members)
+    total = len(ordered)
+    count = min(total, images) if total < 2 else max(
+        1, min(images, total - min(check, total // 2)))
+    calibration = ordered[:count]
+    return calibration, ordered[count:count + check] or calibration
 
 
 def score_graph(run: Runner, tensors: list[Any], gate: Any) -> tuple[Any, Any]:
@@ -184,10 +178,11 @@ def _stage_of(convolution: Any) -> str | None:
 
 
 def kept_convolutions(graph: Any, keep: tuple[str, ...]) -> list[str]:
-    """Names of the convolutions of ``graph`` in the stages ``keep`` (of :data:`STAGES`)."""
-    unknown = sorted(set(keep) - set(STAGES))
-    if unknown:
-        raise OpenVinoError(f"unknown stage(s) {', '.join(unknown)}: use {', '.join(STAGES)}")
+    """Names of the convolutions of ``graph`` in the stages ``keep`` (of ``STAGES``)."""
+    try:
+        keep = check_stages(keep)
+    except PrecisionError as exc:
+        raise OpenVinoError(str(exc)) from exc
     if not keep:
         return []
     return [op.get_friendly_name() for op in graph.get_ops()
@@ -226,32 +221,26 @@ def _nncf() -> Any:
 
 def model_tensors(manifest: Any, paths: list[Path]) -> list[Any]:
     """(1, 3, H, W) numpy inputs of ``paths`` through the model's own preprocessing."""
-    from training.preprocessing import load_unit_image, to_model_tensor
+    from training.preprocessing import preprocess
 
     config = manifest.preprocess_config()
-    return [to_model_tensor(load_unit_image(path, size=config.size, resize=config.resize),
-                            **config.to_dict()).unsqueeze(0).numpy() for path in paths]
+    return [preprocess(path, config).unsqueeze(0).numpy() for path in paths]
 
 
-def fp32_graph(model_dir: Path, manifest: Any) -> Any:
-    """The fp32 OpenVINO graph of all folds of ``model_dir``."""
+def fp32_graph(model_dir: Path, manifest: Any, cache_dir: Path | None) -> Any:
+    """The fp32 OpenVINO graph of all folds of ``model_dir``: the one the worker cached in
+    ``cache_dir``, or converted (and cached there) when there is none."""
     from training.model import load_fold_model
 
-    models = [load_fold_model(p, num_classes=len(manifest.class_names), device="cpu")
-              for p in manifest.fold_paths(model_dir)]
-    return convert_ensemble(models, positive=manifest.positive_index, size=manifest.input_size)
+    def convert() -> Any:
+        models = [load_fold_model(p, num_classes=len(manifest.class_names), device="cpu")
+                  for p in manifest.fold_paths(model_dir)]
+        return convert_ensemble(models, positive=manifest.positive_index,
+                                size=manifest.input_size)
 
-
-def _recipe(graph: Int8Graph) -> tuple[object, ...]:
-    """How a built graph was made: stages kept, activation ranges, float parts' precision
-    (``()`` for an unreadable sidecar)."""
-    try:
-        meta = json.loads(graph.path.with_suffix(".json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return ()
-    kept = meta.get("kept", [])
-    return (tuple(str(k) for k in kept) if isinstance(kept, list) else (),
-            meta.get("ranges", "mean"), graph.rest)
+    if cache_dir is None:
+        return convert()
+    return fp32_graph_cached(cache_dir, manifest.model_version, manifest.input_size, convert)
 
 
 def quantize_ensemble(model_dir: Path, data: Path, cache_dir: Path, *,
@@ -267,7 +256,6 @@ def quantize_ensemble(model_dir: Path, data: Path, cache_dir: Path, *,
     one per calibration step (:func:`quantize_graph`). Then the error is measured on up to
     ``check`` other images of ``data`` (the calibration images when there are none).
     """
-    from training.data import discover
     from training.manifest import load_manifest
     from training.ood import load_gate
 
@@ -276,15 +264,14 @@ def quantize_ensemble(model_dir: Path, data: Path, cache_dir: Path, *,
     current = int8_graph(cache_dir, manifest.model_version, manifest.input_size, hashes)
     rest = rest_precision(detect(light=True))
     if (current.ready and current.error is not None and not force
-            and _recipe(current) == (keep, ranges, rest)):
+            and current.recipe == (keep, ranges, rest)):
         return current
     nncf = _nncf()
     started = time.monotonic()
-    samples = calibration_samples(data, split_calibration(len(discover(data)), images, check))
-    held_out = calibration_samples(data, check, skip=len(samples)) or samples
+    samples, held_out = calibration_split(data, images, check)
     config = manifest.preprocess_config()
     tensors = model_tensors(manifest, [s.path for s in samples])
-    graph = fp32_graph(model_dir, manifest)
+    graph = fp32_graph(model_dir, manifest, cache_dir)
     quantized = quantize_graph(graph, tensors, keep, ranges)
     measured = time.monotonic()
     error = measure_error(graph, quantized, model_tensors(manifest, [s.path for s in held_out]),

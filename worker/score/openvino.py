@@ -117,17 +117,25 @@ def compile_graph(graph: Any, *, precision: str, threads: int = 0) -> Runner:
     return run
 
 
+def fp32_graph_cached(cache_dir: Path, model_version: str, size: int,
+                      convert: Callable[[], Any]) -> Any:
+    """The fp32 graph of one model version and input size from ``cache_dir``; ``convert()``
+    (then cached) when there is none yet, or one from before the CAM output."""
+    cached = graph_path(cache_dir, model_version, size, "f32")
+    graph = import_openvino().Core().read_model(str(cached)) if cached.is_file() else None
+    if graph is None or len(graph.outputs) < OUTPUTS:
+        graph = convert()
+        save_graph(graph, cached)
+    return graph
+
+
 def compile_ensemble(models: Sequence[nn.Module], *, positive: int, size: int, precision: str,
                      cache_dir: Path, model_version: str, threads: int = 0) -> Runner:
     """Convert (or read from the cache) the fp32 graph and compile it for ``precision``
     (``fp32`` or ``bf16``; int8 graphs come from :func:`worker.score.int8.compile_int8`)."""
-    ov = import_openvino()
     started = time.monotonic()
-    cached = graph_path(cache_dir, model_version, size, "f32")
-    graph = ov.Core().read_model(str(cached)) if cached.is_file() else None
-    if graph is None or len(graph.outputs) < OUTPUTS:  # none yet, or from before the CAM
-        graph = convert_ensemble(models, positive=positive, size=size)
-        save_graph(graph, cached)
+    graph = fp32_graph_cached(cache_dir, model_version, size,
+                              lambda: convert_ensemble(models, positive=positive, size=size))
     run = compile_graph(graph, precision=precision, threads=threads)
     logger.info("ensemble %s: OpenVINO graph (%s) ready in %.1f s", model_version, precision,
                 time.monotonic() - started)

@@ -37,10 +37,32 @@ INT8 = "int8"
 # or less), so above about a tenth the bf16 path is as fast and re-scores less
 # (docs/benchmarks.md).
 MAX_INT8_RESCORE_SHARE = 0.10
+# The int8 recipe (worker/score/int8.py), here so that the CLI reads it without torch. The
+# parts of each ResNet-50 a build may keep in floating point (NNCF's ignored scope): the stem
+# (first convolution) and the four residual stages. Measured on a trained 10-fold ensemble
+# (docs/benchmarks.md, bench/int8_scope.py): keeping the stem and layer1, with activation
+# ranges over all calibration images, cut the largest error from 0.11 to 0.01 in probability
+# and from 108 % to 10 % of the gate threshold, at 2.5x OpenVINO fp32 (3.7x with the kept parts
+# in bf16 on AMX).
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+DEFAULT_KEEP: tuple[str, ...] = ("stem", "layer1")
+# How activation ranges are estimated: NNCF's default averages each calibration image's
+# minimum and maximum, which clips the activations of images unlike the average; ``minmax``
+# takes the extremes over all of them.
+RANGES = {"mean": "MEAN_MINMAX", "minmax": "MINMAX"}
+DEFAULT_RANGES = "minmax"
 
 
 class PrecisionError(TriageError):
     """The asked-for precision can't run here."""
+
+
+def check_stages(stages: Sequence[str]) -> tuple[str, ...]:
+    """``stages`` as a tuple, each one of :data:`STAGES`; :class:`PrecisionError` otherwise."""
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise PrecisionError(f"unknown stage(s) {', '.join(unknown)}: use {', '.join(STAGES)}")
+    return tuple(stages)
 
 
 def openvino_installed() -> bool:
@@ -91,6 +113,13 @@ class Int8Graph:
     reason: str
     error: Int8Error | None = None
     rest: str = "fp32"  # what its unquantized parts compute in: fp32, or bf16 (AMX builds)
+    kept: tuple[str, ...] = ()  # the stages it kept in floating point
+    ranges: str = "mean"  # how its activation ranges were estimated (older graphs: NNCF's)
+
+    @property
+    def recipe(self) -> tuple[tuple[str, ...], str, str]:
+        """How it was made: stages kept, activation ranges, float parts' precision."""
+        return self.kept, self.ranges, self.rest
 
     def auto_refusal(self, gated: bool) -> str | None:
         """Why ``auto`` must not take this graph, or ``None`` when its measured margins keep
@@ -133,11 +162,13 @@ def int8_graph(cache_dir: Path, model_version: str, size: int,
         return Int8Graph(False, path, f"the int8 graph {path.name} was built from other "
                          "weights (`cxr-triage model quantize` rebuilds it)")
     calibration = meta.get("calibration", {})
-    error = meta.get("error")
+    error, kept = meta.get("error"), meta.get("kept", [])
     return Int8Graph(True, path, f"the int8 graph of model {model_version} is built "
                      f"({calibration.get('images', '?')} calibration images)",
                      Int8Error.from_dict(error) if isinstance(error, dict) else None,
-                     "bf16" if meta.get("rest_precision") == "bf16" else "fp32")
+                     "bf16" if meta.get("rest_precision") == "bf16" else "fp32",
+                     tuple(str(k) for k in kept) if isinstance(kept, list) else (),
+                     str(meta.get("ranges", "mean")))
 
 
 @dataclass(frozen=True)
