@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import describe_machine
 from dicom_node.filters import TriageRules
 from training.gate_eval import gate_scores
-from training.gate_probe import write_probe_set
+from training.gate_probe import probe_kind, write_probe_set
 from training.manifest import load_manifest
 from training.ood import load_gate
 from training.outlier import OUTLIER_KINDS
@@ -85,7 +85,7 @@ def main() -> int:
     kinds: Counter[str] = Counter()
     refused: Counter[str] = Counter()
     for row in rows:
-        kind = Path(row["path"]).name.split("_")[0]
+        kind = probe_kind(Path(row["path"]))
         kinds[kind] += 1
         refused[kind] += int(row["not_assessable"])
     shown = {"rot90", "inverted", "crop"} & set(OUTLIER_KINDS)

@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import describe_machine
 from training.gate_fit import file_units, image_features
+from training.gate_probe import probe_kind
 from training.manifest import load_manifest
 from training.model import load_fold_model
 from training.ood import TARGET_REJECTION, load_gate
@@ -76,7 +77,7 @@ def stage_distances(model_dir: Path, probe: Path) -> dict[str, np.ndarray]:
         seen_logit.append(stats.outlier.logit(features))
     return {"folds": folds, "oof": oof, "oof_logit": oof_logit, "probe": np.stack(seen),
             "probe_logit": np.mean(seen_logit, axis=0),
-            "kinds": np.array([f.name.split("_")[0] for f in files])}
+            "kinds": np.array([probe_kind(f) for f in files])}
 
 
 def measure(rule: Rule, d: dict[str, np.ndarray], target: float) -> str:

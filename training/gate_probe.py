@@ -21,6 +21,11 @@ from training.preprocessing import load_unit_image
 KINDS = ("crop", "rot90", "inverted", "blank", "noise", "lateral")
 
 
+def probe_kind(path: Path) -> str:
+    """The kind of a probe file, from its name (``lateral_0003.png`` -> ``lateral``)."""
+    return path.name.split("_")[0]
+
+
 def lateral(rng: np.random.Generator, size: int = 256) -> np.ndarray:
     """A lateral chest view surrogate in [0, 1] (bright = dense)."""
     y, x = np.mgrid[0:size, 0:size] / size
